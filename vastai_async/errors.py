@@ -235,7 +235,7 @@ def make_status_error(
     """
     cls: type[APIStatusError] | None = None
     if code:
-        # Vast puts the real code either in ``error`` or inside ``msg`` ("error 404/3603: no_such_ask").
+        # Vast puts the code in ``error`` or inside ``msg`` ("error 404/3603: no_such_ask").
         cls = _BY_CODE.get(code)
     if cls is None and msg:
         for known, known_cls in _BY_CODE.items():

@@ -48,6 +48,10 @@ DEFAULT_MIN_INTERVALS: Mapping[str, float] = MappingProxyType(
 )
 
 
+def _frozen_mapping(value: Mapping[str, float]) -> Mapping[str, float]:
+    return MappingProxyType(dict(value))
+
+
 @attrs.frozen(kw_only=True)
 class Pacing:
     """Per-route minimum intervals, a session setting beside :class:`~vastai_async.Timings`.
@@ -58,7 +62,7 @@ class Pacing:
     """
 
     min_intervals: Mapping[str, float] = attrs.field(
-        default=DEFAULT_MIN_INTERVALS, converter=lambda m: MappingProxyType(dict(m))
+        default=DEFAULT_MIN_INTERVALS, converter=_frozen_mapping
     )
     default_interval_s: float = 1.0
 

@@ -24,6 +24,7 @@ __all__ = [
     "HostKeyMismatchError",
     "InsufficientCreditError",
     "InternalServerError",
+    "InvalidRequestError",
     "NotFoundError",
     "OfferUnavailableError",
     "PermissionDeniedError",
@@ -56,6 +57,10 @@ class ConfigError(VastAIError):
         self.problems: tuple[tuple[str, str], ...] = tuple(problems)
         lines = "; ".join(f"{name}: {reason}" for name, reason in self.problems)
         super().__init__(f"invalid vastai_async configuration: {lines}")
+
+
+class InvalidRequestError(VastAIError, ValueError):
+    """An argument was refused before anything was sent or rented (names what was wrong)."""
 
 
 class APIError(VastAIError):

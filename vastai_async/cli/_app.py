@@ -1,10 +1,39 @@
-"""Command group, global options, and the one place that turns errors into exit codes."""
+"""Command group, global options, and the one place that turns errors into exit codes.
+
+Exit codes: 0 success, 1 failure (one clear line on stderr, a traceback only with ``--debug``),
+2 usage (click's own). Commands run their coroutine through :func:`run_command`, which turns
+Ctrl-C / SIGTERM into cancellation of that coroutine so that whatever it rented is torn down.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import click
 
 from vastai_async import __version__
+from vastai_async.errors import ConfigError, VastAIError
+
+T = TypeVar("T")
+
+#: Exit code of a command cut short by Ctrl-C / SIGTERM (the shell's convention: 128 + SIGINT).
+EXIT_INTERRUPTED = 130
+
+
+class CLIState:
+    """What global options leave for commands, and what a third Ctrl-C should name."""
+
+    def __init__(self, *, debug: bool) -> None:
+        self.debug = debug
+        #: Instance ids a running command may still own; named if the user forces an exit.
+        self.live_instance_ids: Callable[[], list[int]] = list
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,10 +42,87 @@ from vastai_async import __version__
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Rent Vast.ai GPU machines from the command line."""
-    ctx.ensure_object(dict)
-    ctx.obj["debug"] = debug
+    ctx.obj = CLIState(debug=debug)
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")
+
+
+def fail(message: str) -> None:
+    """Print one error line and exit 1."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def run_command(ctx: click.Context, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a command's coroutine; map errors to one line and exit codes; handle signals.
+
+    The first Ctrl-C (or SIGTERM) cancels the coroutine, so its ``finally`` blocks and the SDK's
+    shielded teardown destroy what it created. A second one says teardown is still running; a
+    third exits at once naming the instance ids that may be left (``reap`` finds them).
+
+    Args:
+        ctx: the click context (for ``--debug``).
+        make: builds the coroutine to run (called inside the event loop).
+
+    Returns:
+        What the coroutine returned.
+    """
+    state: CLIState = ctx.find_object(CLIState) or CLIState(debug=False)
+    try:
+        return asyncio.run(_run_with_signals(state, make))
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except asyncio.CancelledError:
+        click.echo("interrupted: teardown finished", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except ConfigError as err:
+        if state.debug:
+            traceback.print_exc()
+        hint = " (see .env.local.vastai.example)"
+        fail(f"{err}{hint}")
+    except VastAIError as err:
+        if state.debug:
+            traceback.print_exc()
+        fail(str(err).splitlines()[0] if not state.debug else str(err))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _run_with_signals(state: CLIState, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(make())
+    presses = 0
+
+    def on_signal() -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            click.echo("cancelling: tearing down what was created ...", err=True)
+            task.cancel()
+        elif presses == 2:
+            click.echo("teardown is still running; press Ctrl-C again to quit now", err=True)
+        else:
+            ids = state.live_instance_ids()
+            left = ", ".join(str(i) for i in ids) if ids else "none known"
+            click.echo(
+                f"quitting now; instances possibly left: {left} ('vastai-async reap' finds them)",
+                err=True,
+            )
+            sys.stderr.flush()
+            # A hard exit: the user asked three times; nothing more may block.
+            os._exit(EXIT_INTERRUPTED)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        return await task
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def main() -> None:
     """Entry point of ``vastai-async``."""
+    from vastai_async.cli import _commands  # noqa: F401  (registers the commands)
+
     cli()

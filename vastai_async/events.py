@@ -1,0 +1,178 @@
+"""Typed progress events of a provisioning race, and their in-order delivery.
+
+Every step of a race emits one event to the optional ``on_event`` callback (sync or async,
+awaited in order) and to the logger. An exception in a callback is logged and never breaks the
+race: a progress display must not cost anyone a machine.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import attrs
+
+__all__ = [
+    "CandidateChosen",
+    "CandidateFailed",
+    "CreateFailed",
+    "Event",
+    "EventCallback",
+    "EventEmitter",
+    "InstanceCreated",
+    "InstanceDestroyed",
+    "ProbeAttempt",
+    "RaceFailed",
+    "RaceStarted",
+    "SpendUpdate",
+    "StatusChanged",
+    "WinnerChosen",
+]
+
+_log = logging.getLogger("vastai_async.events")
+
+
+@attrs.frozen(kw_only=True)
+class Event:
+    """Base of every event.
+
+    Attributes:
+        race_id: the race that emitted it.
+        job_id: the caller's job id.
+        at: epoch seconds when it happened.
+    """
+
+    race_id: str
+    job_id: str
+    at: float = attrs.field(factory=time.time)
+
+
+@attrs.frozen(kw_only=True)
+class RaceStarted(Event):
+    """A race began with this many candidates and fan-out."""
+
+    candidates: int
+    fan_out: int
+
+
+@attrs.frozen(kw_only=True)
+class CandidateChosen(Event):
+    """An offer was picked to be created now."""
+
+    offer_id: int
+    machine_id: int | None
+    gpu_name: str | None
+    dph_total: float | None
+
+
+@attrs.frozen(kw_only=True)
+class InstanceCreated(Event):
+    """Vast accepted the create: an instance exists (and bills storage) from now on."""
+
+    offer_id: int
+    instance_id: int
+    adopted: bool = False  # found by label after a lost create answer
+
+
+@attrs.frozen(kw_only=True)
+class CreateFailed(Event):
+    """A create was refused (e.g. the offer is gone); the next reserve takes its place."""
+
+    offer_id: int
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class StatusChanged(Event):
+    """A candidate's ``actual_status`` changed."""
+
+    instance_id: int
+    old: str | None
+    new: str | None
+    status_msg: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ProbeAttempt(Event):
+    """One SSH login attempt on one endpoint."""
+
+    instance_id: int
+    kind: str
+    host: str
+    port: int
+    attempt: int
+    ok: bool
+    reason: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class CandidateFailed(Event):
+    """A candidate was dropped (fatal state, deadline, ...) and will be destroyed."""
+
+    offer_id: int
+    instance_id: int | None
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class WinnerChosen(Event):
+    """First proven login: this instance is the rental."""
+
+    offer_id: int
+    instance_id: int
+    host: str
+    port: int
+    kind: str
+    elapsed_s: float
+
+
+@attrs.frozen(kw_only=True)
+class InstanceDestroyed(Event):
+    """A candidate (loser, failed, or everything on teardown) was confirmed destroyed."""
+
+    instance_id: int
+    reason: str
+    already_gone: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class SpendUpdate(Event):
+    """Estimated money accrued by this race's instances so far (USD)."""
+
+    total_usd: float
+
+
+@attrs.frozen(kw_only=True)
+class RaceFailed(Event):
+    """The race ended without a winner."""
+
+    reason: str
+
+
+EventCallback = Callable[[Event], Awaitable[None] | None]
+
+
+class EventEmitter:
+    """Delivers events in order to callbacks and the logger; never lets a callback break a race."""
+
+    def __init__(
+        self, callbacks: Sequence[EventCallback | None], logger: logging.Logger | None = None
+    ) -> None:
+        self._callbacks = [cb for cb in callbacks if cb is not None]
+        self._log = logger or _log
+        self.history: list[Event] = []
+
+    async def emit(self, event: Event) -> None:
+        """Record, log and deliver one event."""
+        self.history.append(event)
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug("event %s", event)
+        for callback in self._callbacks:
+            try:
+                result = callback(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                self._log.exception("on_event callback failed on %s; ignored", type(event).__name__)

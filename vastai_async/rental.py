@@ -1,0 +1,157 @@
+"""``Rental``: the live handle over a machine whose SSH login was proven.
+
+``async with rental:`` terminates the instance on exit (even when the block is cancelled);
+``detach()`` keeps it for good under a ``vastai-async:kept:<job>`` label. Commands and files go
+over SSH with the host key pinned at first login: a changed host key or a refused key fails fast
+with an :class:`~vastai_async.SSHError`, never a silent retry.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from vastai_async._teardown import run_uncancellable
+from vastai_async.labels import kept_label
+from vastai_async.models import RentalInfo
+from vastai_async.ssh import CommandResult, SSHRunner, connect_pinned
+
+if TYPE_CHECKING:
+    import asyncssh
+
+    from vastai_async.service import VastAIService
+
+__all__ = ["Rental"]
+
+
+class Rental:
+    """A rented machine you can already log into.
+
+    Attributes:
+        info: frozen facts: instance id, job, offer, SSH endpoint, pinned host key, price, times.
+    """
+
+    def __init__(
+        self,
+        *,
+        info: RentalInfo,
+        service: VastAIService,
+        client_key: asyncssh.SSHKey,
+        key_path: Path,
+    ) -> None:
+        self.info = info
+        self._service = service
+        self._client_key = client_key
+        self._key_path = key_path
+        self._detached = False
+        self._terminated = False
+
+    def __repr__(self) -> str:
+        ssh = self.info.ssh
+        return (
+            f"Rental(instance_id={self.info.instance_id}, job_id={self.info.job_id!r}, "
+            f"ssh={ssh.kind}:{ssh.host}:{ssh.port}, dph_total={self.info.dph_total})"
+        )
+
+    @property
+    def instance_id(self) -> int:
+        """The Vast instance id."""
+        return self.info.instance_id
+
+    @property
+    def detached(self) -> bool:
+        """Whether :meth:`detach` kept this machine for good."""
+        return self._detached
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._detached:
+            await run_uncancellable(self.terminate())
+
+    async def terminate(self) -> bool:
+        """Destroy the machine and confirm; ``False`` when it was already gone.
+
+        Idempotent: a second call asks Vast again and reports ``False``.
+        """
+        destroyed = await self._service.terminate_instance(self.info.instance_id)
+        self._terminated = True
+        return destroyed
+
+    async def detach(self, label: str | None = None) -> None:
+        """Keep the machine for good: relabel it ``vastai-async:kept:<job>[:<label>]``.
+
+        After this, ``async with`` no longer terminates it and ``reap`` spares it.
+        """
+        await self._service.client.set_label(
+            self.info.instance_id, kept_label(self.info.job_id, label)
+        )
+        self._detached = True
+
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109  (the documented Rental.run surface)
+        check: bool = False,
+    ) -> CommandResult:
+        """Run a command over SSH.
+
+        Args:
+            command: the command line.
+            timeout: seconds before :class:`~vastai_async.SSHTimeoutError`.
+            check: raise :class:`~vastai_async.SSHCommandError` on a non-zero exit.
+
+        Returns:
+            Exit status, stdout and stderr.
+        """
+        async with self._connect() as conn:
+            return await conn.run(command, timeout=timeout, check=check)
+
+    async def put(self, local: str | Path, remote: str) -> None:
+        """Copy a local file to the machine over SFTP."""
+        async with self._connect() as conn:
+            await conn.put(local, remote)
+
+    async def get(self, remote: str, local: str | Path) -> None:
+        """Copy a file from the machine over SFTP."""
+        async with self._connect() as conn:
+            await conn.get(remote, local)
+
+    def ssh_command(self) -> str:
+        """The ``ssh`` line a person can paste (key file and pinned host key included)."""
+        ssh = self.info.ssh
+        known = self._service.known_hosts.known_hosts_path
+        parts = [
+            "ssh",
+            "-i",
+            str(self._key_path),
+            "-p",
+            str(ssh.port),
+            "-o",
+            f"UserKnownHostsFile={known}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            f"{ssh.user}@{ssh.host}",
+        ]
+        return shlex.join(parts)
+
+    def _connect(self) -> SSHRunner:
+        timings = self._service.timings
+        return connect_pinned(
+            self.info.ssh.host,
+            self.info.ssh.port,
+            client_key=self._client_key,
+            host_key_line=self.info.host_key,
+            connect_timeout=timings.connect_timeout_s,
+            login_timeout=timings.login_timeout_s,
+            instance_id=self.info.instance_id,
+        )

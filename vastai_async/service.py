@@ -1,0 +1,614 @@
+"""``VastAIService``: the Vast.ai implementation of :class:`AsyncComputeProvider`.
+
+```python
+async with VastAIService(config=get_vastai_config(max_bid_usd_per_hour=3.5)) as vast:
+    offers = await vast.search_offers(min_vram_gb=24)
+    rental = await vast.provision_instance(job_id="demo-job", offer_id=offers[0].id)
+    await vast.terminate_instance(rental.instance_id)
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+import asyncssh
+
+from vastai_async._owners import owner_is_dead
+from vastai_async._poller import InstancePoller
+from vastai_async.client import VastAIClient
+from vastai_async.config import VastAIConfig, get_vastai_config
+from vastai_async.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    OfferUnavailableError,
+    SSHError,
+    TeardownError,
+)
+from vastai_async.events import EventCallback, EventEmitter
+from vastai_async.known_hosts import KnownHostsStore
+from vastai_async.labels import parse_label, race_label, validate_id
+from vastai_async.models import CreateInstanceRequest, Instance, Offer, RentalInfo, SSHEndpoint
+from vastai_async.provider import AsyncComputeProvider, ReapReport, RentalSummary
+from vastai_async.provisioning import ProbeOutcome, Race, new_race_id
+from vastai_async.query import OfferQuery
+from vastai_async.rental import Rental
+from vastai_async.session import VastAISession
+from vastai_async.ssh import load_client_key, probe
+from vastai_async.timings import Timings
+
+__all__ = ["VastAIService"]
+
+_log = logging.getLogger("vastai_async.service")
+
+
+class VastAIService(AsyncComputeProvider):
+    """Search, rent (by racing offers), adopt, list, reap and destroy Vast.ai machines.
+
+    Args:
+        config: settings; read from the environment with :func:`get_vastai_config` when omitted.
+        logger: where progress goes; defaults to ``vastai_async.service``.
+        session: an ``aiohttp.ClientSession`` to borrow (never closed by us).
+        timings: overrides ``config.timings`` for this service.
+        on_event: called with every race event (sync or async).
+    """
+
+    def __init__(
+        self,
+        config: VastAIConfig | None = None,
+        *,
+        logger: logging.Logger | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timings: Timings | None = None,
+        on_event: EventCallback | None = None,
+    ) -> None:
+        self.config = config if config is not None else get_vastai_config()
+        self.timings = timings if timings is not None else self.config.timings
+        self.owner = validate_id("owner", self.config.owner)
+        self._log = logger or _log
+        self._on_event = on_event
+        self._session = VastAISession(
+            self.config, session=session, timings=self.timings, logger=logger
+        )
+        self.client = VastAIClient(self._session)
+        self.known_hosts = KnownHostsStore(self.config.state_dir)
+        self._client_key: asyncssh.SSHKey | None = None
+        self._poller: InstancePoller | None = None
+        self._claimed_offers: set[int] = set()
+        self._races: set[Race] = set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"VastAIService(owner={self.owner!r}, root={self._session.root!r})"
+
+    async def __aenter__(self) -> VastAIService:
+        await self._session.__aenter__()
+        return self
+
+    async def close(self) -> None:
+        """Stop the poller and close the HTTP session (idempotent).
+
+        Live rentals are not destroyed by closing; races in flight are torn down by their own
+        cancellation.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._poller is not None:
+            await self._poller.close()
+        await self._session.close()
+
+    def live_instance_ids(self) -> list[int]:
+        """Instances created by races still running in this service (for a last-resort message)."""
+        return sorted({i for race in self._races for i in race.live_instance_ids})
+
+    # -- offers ---------------------------------------------------------------------------
+
+    async def search_offers(
+        self,
+        *,
+        min_vram_gb: float | None = None,
+        gpus: Sequence[str] | None = None,
+        max_usd_per_hour: float | None = None,
+        query: OfferQuery | None = None,
+        limit: int | None = None,
+    ) -> list[Offer]:
+        """Offers matching the config's defaults and these filters, best first.
+
+        Args:
+            min_vram_gb: minimum VRAM per GPU (GB = 1000 MB); default from the config.
+            gpus: short or full GPU names; default the config's preferred GPUs.
+            max_usd_per_hour: price ceiling; never above the config's ceiling.
+            query: a full :class:`~vastai_async.query.OfferQuery` (the other filters then apply
+                on top of it).
+            limit: at most this many offers.
+
+        Returns:
+            Offers cheapest ``dph_total`` first unless the query orders otherwise.
+        """
+        overrides: dict[str, Any] = {}
+        if min_vram_gb is not None:
+            overrides["min_vram_gb"] = min_vram_gb
+        if gpus is not None:
+            overrides["gpus"] = tuple(gpus)
+        ceiling = self.config.max_bid_usd_per_hour
+        if max_usd_per_hour is not None:
+            if not (math.isfinite(max_usd_per_hour) and max_usd_per_hour > 0):
+                raise InvalidRequestError("max_usd_per_hour must be a positive number")
+            ceiling = min(ceiling, max_usd_per_hour)
+        overrides["max_usd_per_hour"] = ceiling
+        if limit is not None:
+            if limit < 1:
+                raise InvalidRequestError("limit must be >= 1")
+            overrides["limit"] = limit
+        q = (
+            query.evolve(**overrides)
+            if query is not None
+            else OfferQuery.from_config(self.config, **overrides)
+        )
+        offers = await self.client.search_offers(q.to_wire())
+        matching = [o for o in offers if q.matches(o)]
+        return matching[:limit] if limit is not None else matching
+
+    # -- provisioning ---------------------------------------------------------------------
+
+    async def provision_instance(
+        self,
+        *,
+        job_id: str,
+        offer_id: int | None = None,
+        offers: Sequence[Offer] | None = None,
+        query: OfferQuery | None = None,
+        image: str | None = None,
+        template: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        ports: Sequence[str] | None = None,
+        onstart_cmd: str | None = None,
+        disk_gb: float | None = None,
+        bid_usd_per_hour: float | None = None,
+        fan_out: int = 3,
+        timings: Timings | None = None,
+        max_spend_usd: float | None = None,
+        on_event: EventCallback | None = None,
+    ) -> Rental:
+        """Rent a machine and return it once an SSH login into it was proven.
+
+        Candidates are ``offer_id`` (one), ``offers`` (in your order) or a search with
+        ``query`` (or the config's defaults). ``fan_out`` of them are created at once; the first
+        whose SSH login works wins and every other one is destroyed. Whatever fails, and if you
+        cancel, every instance this call created is destroyed before it returns or raises.
+
+        Args:
+            job_id: your job's id (``[A-Za-z0-9._-]``), written into the instance label.
+            offer_id: rent exactly this offer.
+            offers: candidate offers, best first.
+            query: search for candidates with this query.
+            image: docker image (default: the config's, unless ``template`` is given).
+            template: template hash id (must be in ``VASTAI_TEMPLATE_IDS`` when that is set).
+            extra_env: environment variables for the container.
+            ports: ports to expose (``"8080"``, ``"8080/tcp"``, ``"53/udp"``).
+            onstart_cmd: script run when the container starts.
+            disk_gb: disk size (default from the config).
+            bid_usd_per_hour: ``None`` rents on demand; a number rents interruptible at that bid.
+            fan_out: candidates in flight at once (>= 1).
+            timings: deadlines for this call (default: the service's).
+            max_spend_usd: stop the race once its estimated spend reaches this.
+            on_event: called with every event of this race (besides the service's callback).
+
+        Returns:
+            A :class:`~vastai_async.Rental` you can log into.
+
+        Raises:
+            InvalidRequestError: bad arguments (raised before anything is rented).
+            ProvisioningError: no candidate produced a login; one record per offer tried.
+            TeardownError: cleanup could not confirm every instance destroyed in its budget.
+        """
+        validate_id("job_id", job_id)
+        request = self._build_request(
+            image=image,
+            template=template,
+            extra_env=extra_env,
+            ports=ports,
+            onstart_cmd=onstart_cmd,
+            disk_gb=disk_gb,
+            bid_usd_per_hour=bid_usd_per_hour,
+        )
+        if isinstance(fan_out, bool) or not isinstance(fan_out, int) or fan_out < 1:
+            raise InvalidRequestError(f"fan_out must be an integer >= 1, got {fan_out!r}")
+        if max_spend_usd is not None and not (math.isfinite(max_spend_usd) and max_spend_usd > 0):
+            raise InvalidRequestError("max_spend_usd must be a positive number")
+        if sum(x is not None for x in (offer_id, offers, query)) > 1:
+            raise InvalidRequestError("give at most one of offer_id, offers, query")
+        candidates = await self._candidates(offer_id=offer_id, offers=offers, query=query)
+        race_timings = timings if timings is not None else self.timings
+        client_key = self._key()
+        race_id = new_race_id()
+        emitter = EventEmitter([self._on_event, on_event], self._log)
+        race = Race(
+            client=self.client,
+            poller=self._get_poller(),
+            probe=self._make_probe(client_key, race_timings),
+            emitter=emitter,
+            job_id=job_id,
+            label=race_label(self.owner, job_id, race_id),
+            race_id=race_id,
+            offers=candidates,
+            request=request,
+            public_key=self.config.ssh_public_key,
+            fan_out=fan_out,
+            timings=race_timings,
+            max_spend_usd=max_spend_usd,
+            claim=self._claim,
+            release=self._release,
+            logger=self._log,
+        )
+        self._races.add(race)
+        try:
+            result = await race.run()
+        finally:
+            self._races.discard(race)
+        self.known_hosts.pin(
+            result.instance_id, result.endpoint.host, result.endpoint.port, result.host_key
+        )
+        info = RentalInfo(
+            instance_id=result.instance_id,
+            job_id=job_id,
+            owner=self.owner,
+            label=result.label,
+            ssh=result.endpoint,
+            host_key=result.host_key,
+            created_at=result.created_at,
+            offer=result.offer,
+            dph_total=result.offer.dph_total,
+            ready_at=result.ready_at,
+        )
+        return self._rental(info, client_key)
+
+    def _build_request(
+        self,
+        *,
+        image: str | None,
+        template: str | None,
+        extra_env: Mapping[str, str] | None,
+        ports: Sequence[str] | None,
+        onstart_cmd: str | None,
+        disk_gb: float | None,
+        bid_usd_per_hour: float | None,
+    ) -> CreateInstanceRequest:
+        config = self.config
+        if template is not None and config.template_ids and template not in config.template_ids:
+            raise InvalidRequestError(f"template {template!r} is not in VASTAI_TEMPLATE_IDS")
+        if bid_usd_per_hour is not None:
+            if not (math.isfinite(bid_usd_per_hour) and bid_usd_per_hour > 0):
+                raise InvalidRequestError("bid_usd_per_hour must be a positive number or None")
+            if bid_usd_per_hour > config.max_bid_usd_per_hour:
+                raise InvalidRequestError(
+                    f"bid_usd_per_hour {bid_usd_per_hour:g} is above the ceiling "
+                    f"VASTAI_MAX_BID_PER_HOUR={config.max_bid_usd_per_hour:g}"
+                )
+        if extra_env is not None and any(not isinstance(v, str) for v in extra_env.values()):
+            raise InvalidRequestError("extra_env values must be strings")
+        if extra_env is not None and any(v == config.api_key for v in extra_env.values()):
+            # The account key must never be written onto a rented machine.
+            raise InvalidRequestError("extra_env must not contain the Vast.ai API key")
+        if onstart_cmd is not None and config.api_key in onstart_cmd:
+            raise InvalidRequestError("onstart_cmd must not contain the Vast.ai API key")
+        return CreateInstanceRequest(
+            image=image if image is not None else (None if template else config.default_image),
+            env=dict(extra_env or {}),
+            ports=tuple(ports or ()),
+            price=bid_usd_per_hour,
+            disk_gb=disk_gb if disk_gb is not None else config.default_disk_gb,
+            onstart=onstart_cmd,
+            template_hash_id=template,
+        )
+
+    async def _candidates(
+        self,
+        *,
+        offer_id: int | None,
+        offers: Sequence[Offer] | None,
+        query: OfferQuery | None,
+    ) -> list[Offer]:
+        ceiling = self.config.max_bid_usd_per_hour
+        if offer_id is not None:
+            if isinstance(offer_id, bool) or not isinstance(offer_id, int) or offer_id < 1:
+                raise InvalidRequestError(f"offer_id must be a positive integer, got {offer_id!r}")
+            found = await self.client.search_offers({"id": {"eq": offer_id}})
+            offer = next((o for o in found if o.id == offer_id), None)
+            if offer is None:
+                # Without the offer we cannot check its price against the ceiling: refuse.
+                raise OfferUnavailableError(
+                    f"offer {offer_id} is not on the market (rented, withdrawn or unknown)",
+                    offer_id=offer_id,
+                    code="no_such_ask",
+                )
+            candidates = [offer]
+        elif offers is not None:
+            candidates = list(offers)
+            if not candidates:
+                raise InvalidRequestError("offers is empty")
+        else:
+            candidates = await self.search_offers(query=query)
+        over = [o for o in candidates if o.dph_total is not None and o.dph_total > ceiling]
+        if over and len(over) == len(candidates):
+            raise InvalidRequestError(
+                f"every candidate costs more than VASTAI_MAX_BID_PER_HOUR={ceiling:g} USD/h "
+                f"(offers {', '.join(str(o.id) for o in over[:5])})"
+            )
+        candidates = [o for o in candidates if o not in over]
+        if not candidates:
+            raise InvalidRequestError("no offer matches the filters")
+        return candidates
+
+    def _claim(self, offer: Offer) -> bool:
+        if offer.id in self._claimed_offers:
+            return False
+        self._claimed_offers.add(offer.id)
+        return True
+
+    def _release(self, offer: Offer) -> None:
+        self._claimed_offers.discard(offer.id)
+
+    def _key(self) -> asyncssh.SSHKey:
+        if self._client_key is None:
+            self._client_key = load_client_key(
+                self.config.ssh_key_path, self.config.ssh_key_passphrase
+            )
+        return self._client_key
+
+    def _get_poller(self) -> InstancePoller:
+        if self._poller is None:
+            self._poller = InstancePoller(
+                lambda ids: self.client.list_instances(ids=ids),
+                interval_s=self.timings.poll_interval_s,
+                logger=self._log,
+            )
+        return self._poller
+
+    @staticmethod
+    def _make_probe(client_key: asyncssh.SSHKey, timings: Timings) -> Any:
+        async def probe_once(endpoint: SSHEndpoint) -> ProbeOutcome:
+            res = await probe(
+                endpoint.host,
+                endpoint.port,
+                client_key=client_key,
+                connect_timeout=timings.connect_timeout_s,
+                login_timeout=timings.login_timeout_s,
+                username=endpoint.user,
+            )
+            reason = None if res.ok else f"{res.reason}: {res.detail}" if res.detail else res.reason
+            return ProbeOutcome(ok=res.ok, reason=reason, host_key=res.host_key)
+
+        return probe_once
+
+    def _rental(self, info: RentalInfo, client_key: asyncssh.SSHKey) -> Rental:
+        return Rental(
+            info=info, service=self, client_key=client_key, key_path=self.config.ssh_key_path
+        )
+
+    # -- lifecycle of existing instances --------------------------------------------------
+
+    async def terminate_instance(self, instance_id: int) -> bool:
+        """Destroy an instance and confirm it is gone.
+
+        Returns:
+            ``True`` when this call destroyed it, ``False`` when it was already gone.
+
+        Raises:
+            TeardownError: still listed after the teardown budget.
+        """
+        destroyed = await self.client.destroy_instance(instance_id)
+        deadline = time.monotonic() + self.timings.teardown_budget_s
+        while True:
+            listed = await self.client.list_instances(ids=[instance_id])
+            if not any(i.id == instance_id for i in listed):
+                break
+            if time.monotonic() >= deadline:
+                raise TeardownError(
+                    f"instance {instance_id} still listed after destroy", instance_ids=[instance_id]
+                )
+            await asyncio.sleep(self.timings.poll_interval_s)
+            await self.client.destroy_instance(instance_id)
+        self.known_hosts.remove(instance_id)
+        return destroyed
+
+    async def get_rental(self, instance_id: int) -> Rental:
+        """Rebuild a :class:`Rental` for an instance of ours from its pinned host key.
+
+        Raises:
+            NotFoundError: no such instance, or it is not labelled as ours.
+            SSHError: no host key was pinned for it in this state directory (use :meth:`adopt`).
+        """
+        inst = await self.client.show_instance(instance_id)
+        parsed = parse_label(inst.label)
+        if parsed is None:
+            raise NotFoundError(f"instance {instance_id} does not carry a vastai-async label")
+        pin = self.known_hosts.get(instance_id)
+        if pin is None:
+            raise SSHError(
+                "no host key pinned for this instance in this state directory; use adopt()",
+                instance_id=instance_id,
+            )
+        endpoint = next(
+            (e for e in inst.ssh_endpoints() if (e.host, e.port) == (pin.host, pin.port)),
+            SSHEndpoint(host=pin.host, port=pin.port, kind="proxy"),
+        )
+        info = RentalInfo(
+            instance_id=instance_id,
+            job_id=parsed.job_id,
+            owner=parsed.owner or self.owner,
+            label=inst.label or "",
+            ssh=endpoint,
+            host_key=pin.key,
+            created_at=inst.start_date or pin.pinned_at,
+            dph_total=inst.dph_total,
+            ready_at=pin.pinned_at,
+        )
+        return self._rental(info, self._key())
+
+    async def adopt(self, instance_id: int) -> Rental:
+        """Take over an instance of ours (e.g. left by an earlier try of the same job).
+
+        Relabels it with this service's owner, proves an SSH login (capturing and pinning the
+        host key if this state directory has none), and returns a :class:`Rental`.
+
+        Raises:
+            NotFoundError: no such instance, or not labelled as ours.
+            SSHError: no login within the service's SSH deadline.
+        """
+        inst = await self.client.show_instance(instance_id)
+        parsed = parse_label(inst.label)
+        if parsed is None:
+            raise NotFoundError(f"instance {instance_id} does not carry a vastai-async label")
+        label = race_label(self.owner, parsed.job_id, new_race_id())
+        await self.client.set_label(instance_id, label)
+        client_key = self._key()
+        pin = self.known_hosts.get(instance_id)
+        probe_once = self._make_probe(client_key, self.timings)
+        deadline = time.monotonic() + self.timings.ssh_s
+        last = "no SSH endpoint"
+        while time.monotonic() < deadline:
+            for endpoint in inst.ssh_endpoints():
+                outcome: ProbeOutcome = await probe_once(endpoint)
+                if outcome.ok and outcome.host_key:
+                    if pin is not None and pin.key.split()[:2] != outcome.host_key.split()[:2]:
+                        raise SSHError(
+                            "host key differs from the pinned one", instance_id=instance_id
+                        )
+                    self.known_hosts.pin(
+                        instance_id, endpoint.host, endpoint.port, outcome.host_key
+                    )
+                    info = RentalInfo(
+                        instance_id=instance_id,
+                        job_id=parsed.job_id,
+                        owner=self.owner,
+                        label=label,
+                        ssh=endpoint,
+                        host_key=outcome.host_key,
+                        created_at=inst.start_date or time.time(),
+                        dph_total=inst.dph_total,
+                        ready_at=time.time(),
+                    )
+                    return self._rental(info, client_key)
+                last = outcome.reason or "failed"
+            await asyncio.sleep(self.timings.probe_pause_s)
+            inst = await self.client.show_instance(instance_id)
+        raise SSHError(f"adopt: no SSH login ({last})", instance_id=instance_id)
+
+    async def list_rentals(
+        self, *, job_id: str | None = None, owner: str | None = None, all_owners: bool = False
+    ) -> list[RentalSummary]:
+        """Instances carrying our label prefix.
+
+        Args:
+            job_id: only this job's.
+            owner: only this owner's (default: this service's, unless ``all_owners``).
+            all_owners: every owner's, kept rentals included.
+        """
+        if job_id is not None:
+            validate_id("job_id", job_id)
+        wanted_owner = owner if owner is not None else (None if all_owners else self.owner)
+        result = []
+        for summary in await self._our_instances():
+            if job_id is not None and summary.job_id != job_id:
+                continue
+            if wanted_owner is not None and summary.owner != wanted_owner:
+                continue
+            result.append(summary)
+        return result
+
+    async def _our_instances(self) -> list[RentalSummary]:
+        summaries = []
+        for inst in await self.client.list_instances():
+            parsed = parse_label(inst.label)
+            if parsed is None:
+                continue
+            summaries.append(_summary(inst, parsed.job_id, parsed.owner, parsed.kept))
+        return summaries
+
+    async def reap(
+        self,
+        *,
+        job_id: str | None = None,
+        owner: str | None = None,
+        older_than_s: float | None = None,
+        dry_run: bool = False,
+    ) -> ReapReport:
+        """Destroy our instances that are named, orphaned, or old; spare the rest.
+
+        An instance is destroyed when it carries our label and its job is ``job_id``, or its
+        owner is ``owner``, or its owner is proven dead (same host, process gone), or it is older
+        than ``older_than_s``. Kept rentals (``detach``), instances of live races of this
+        service, and instances without our label are never touched.
+
+        Args:
+            job_id: destroy this job's instances.
+            owner: destroy this owner's instances.
+            older_than_s: destroy instances created longer ago than this.
+            dry_run: report only.
+
+        Returns:
+            What was destroyed and what was spared, each with a reason.
+        """
+        if job_id is not None:
+            validate_id("job_id", job_id)
+        if owner is not None:
+            validate_id("owner", owner)
+        if older_than_s is not None and not older_than_s >= 0:
+            raise InvalidRequestError("older_than_s must be >= 0")
+        live = set(self.live_instance_ids())
+        now = time.time()
+        destroyed: list[tuple[int, str]] = []
+        spared: list[tuple[int, str]] = []
+        for item in await self.client.list_instances():
+            parsed = parse_label(item.label)
+            if parsed is None:
+                spared.append((item.id, "not a vastai-async label"))
+                continue
+            if parsed.kept:
+                spared.append((item.id, "kept on purpose"))
+                continue
+            if item.id in live:
+                spared.append((item.id, "in a live race of this service"))
+                continue
+            reason = None
+            if job_id is not None and parsed.job_id == job_id:
+                reason = f"job {job_id}"
+            elif owner is not None and parsed.owner == owner:
+                reason = f"owner {owner}"
+            elif parsed.owner is not None and owner_is_dead(parsed.owner):
+                reason = f"owner {parsed.owner} is dead"
+            elif (
+                older_than_s is not None
+                and item.start_date is not None
+                and now - item.start_date > older_than_s
+            ):
+                reason = f"older than {older_than_s:g} s"
+            if reason is None:
+                spared.append((item.id, f"owner {parsed.owner} alive or unknown, not named"))
+                continue
+            destroyed.append((item.id, reason))
+        if not dry_run:
+            for instance_id, _ in destroyed:
+                await self.terminate_instance(instance_id)
+        return ReapReport(destroyed=tuple(destroyed), spared=tuple(spared))
+
+
+def _summary(inst: Instance, job_id: str, owner: str | None, kept: bool) -> RentalSummary:
+    return RentalSummary(
+        instance_id=inst.id,
+        job_id=job_id,
+        owner=owner,
+        kept=kept,
+        label=inst.label or "",
+        status=inst.actual_status,
+        dph_total=inst.dph_total,
+        start_date=inst.start_date,
+    )

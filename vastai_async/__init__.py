@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vastai_async.config import VastAIConfig, generate_ssh_keypair, get_vastai_config
 from vastai_async.errors import (
     APIConnectionError,
     APIError,
@@ -64,6 +65,9 @@ __all__ = [
     "SSHTimeoutError",
     "TeardownError",
     "Timings",
+    "VastAIConfig",
     "VastAIError",
     "__version__",
+    "generate_ssh_keypair",
+    "get_vastai_config",
 ]

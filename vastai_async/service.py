@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import asyncssh
+import attrs
 
 from vastai_async._owners import owner_is_dead
 from vastai_async._poller import InstancePoller
@@ -137,18 +138,21 @@ class VastAIService(AsyncComputeProvider):
             overrides["min_vram_gb"] = min_vram_gb
         if gpus is not None:
             overrides["gpus"] = tuple(gpus)
-        ceiling = self.config.max_bid_usd_per_hour
+        # The config's ceiling always holds; a query or argument may only lower it.
+        ceilings = [self.config.max_bid_usd_per_hour]
         if max_usd_per_hour is not None:
             if not (math.isfinite(max_usd_per_hour) and max_usd_per_hour > 0):
                 raise InvalidRequestError("max_usd_per_hour must be a positive number")
-            ceiling = min(ceiling, max_usd_per_hour)
-        overrides["max_usd_per_hour"] = ceiling
+            ceilings.append(max_usd_per_hour)
+        if query is not None and query.max_usd_per_hour is not None:
+            ceilings.append(query.max_usd_per_hour)
+        overrides["max_usd_per_hour"] = min(ceilings)
         if limit is not None:
-            if limit < 1:
-                raise InvalidRequestError("limit must be >= 1")
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise InvalidRequestError(f"limit must be an integer >= 1, got {limit!r}")
             overrides["limit"] = limit
         q = (
-            query.evolve(**overrides)
+            attrs.evolve(query, **overrides)
             if query is not None
             else OfferQuery.from_config(self.config, **overrides)
         )

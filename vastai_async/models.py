@@ -1,0 +1,431 @@
+"""Typed, frozen views of what the Vast.ai API sends and receives.
+
+Field names are snake_case and keep the wire name where it is natural; where a unit is added to a
+name (``gpu_ram`` MB on the wire becomes ``gpu_ram_mb``) the rename lives in one place,
+:mod:`vastai_async._converter`. Memory stays in the API's MB; the ``*_gb`` properties divide by
+1000, never 1024 (a 24564 MB card must pass a 24 GB filter). States are plain ``str`` with known
+values in :class:`InstanceStatus`, so a state Vast adds tomorrow never breaks parsing.
+
+This module has no dependency on cattrs: turning dicts into these classes is the converter's job.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+import attrs
+
+# Re-exported: the request checks below raise it; it lives in the one error tree.
+from vastai_async.errors import InvalidRequestError
+
+__all__ = [
+    "DEFAULT_RUNTYPE",
+    "MAX_LABEL_CHARS",
+    "MAX_ONSTART_CHARS",
+    "CreateInstanceRequest",
+    "CreateInstanceResponse",
+    "Instance",
+    "InstancePage",
+    "InstanceStatus",
+    "InvalidRequestError",
+    "Offer",
+    "RentalInfo",
+    "SSHEndpoint",
+    "SSHKey",
+    "Template",
+    "User",
+    "decode_wire_env",
+    "encode_port",
+]
+
+#: Direct and proxy SSH, spelled as the official CLI spells ``--ssh --direct`` (sic ``direc``).
+DEFAULT_RUNTYPE: Final = "ssh_direc ssh_proxy"
+MAX_ONSTART_CHARS: Final = 4048
+MAX_LABEL_CHARS: Final = 1024
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_PORT_SPEC = re.compile(r"(\d{1,5})(?:/(tcp|udp))?\Z")
+_WIRE_PORT_KEY = re.compile(r"-p (\d{1,5}):(\d{1,5})(?:/(tcp|udp))?\Z")
+
+
+class InstanceStatus:
+    """Known values of ``actual_status`` (and the other state fields). States stay plain ``str``."""
+
+    CREATED: Final = "created"
+    LOADING: Final = "loading"
+    RUNNING: Final = "running"
+    STOPPED: Final = "stopped"
+    FROZEN: Final = "frozen"
+    EXITED: Final = "exited"
+    REBOOTING: Final = "rebooting"
+    UNKNOWN: Final = "unknown"
+    OFFLINE: Final = "offline"
+
+    #: States a fresh rental never comes back from by itself.
+    FATAL: Final = frozenset({EXITED, UNKNOWN, OFFLINE})
+
+
+@attrs.frozen(kw_only=True)
+class Offer:
+    """A rentable machine offer from ``POST /bundles/``.
+
+    Attributes mirror the wire fields; ``gpu_ram_mb``, ``gpu_total_ram_mb``, ``cpu_ram_mb``,
+    ``disk_space_gb`` and ``reliability`` (wire ``reliability2``) are renamed to carry their unit.
+    ``dph_total`` is USD/hour including storage for the searched ``allocated_storage``.
+    """
+
+    id: int
+    gpu_name: str
+    num_gpus: int
+    dph_total: float
+    ask_contract_id: int | None = None
+    machine_id: int | None = None
+    host_id: int | None = None
+    gpu_ram_mb: float | None = None
+    gpu_total_ram_mb: float | None = None
+    cpu_cores: float | None = None
+    cpu_ram_mb: float | None = None
+    disk_space_gb: float | None = None
+    dph_base: float | None = None
+    min_bid: float | None = None
+    storage_cost: float | None = None
+    inet_up: float | None = None
+    inet_down: float | None = None
+    reliability: float | None = None
+    verification: str | None = None
+    rentable: bool | None = None
+    rented: bool | None = None
+    geolocation: str | None = None
+    public_ipaddr: str | None = None
+    direct_port_count: int | None = None
+    cuda_max_good: float | None = None
+    driver_version: str | None = None
+    dlperf: float | None = None
+    score: float | None = None
+    duration: float | None = None
+
+    @property
+    def gpu_ram_gb(self) -> float | None:
+        """VRAM per GPU in GB (MB / 1000)."""
+        return None if self.gpu_ram_mb is None else self.gpu_ram_mb / 1000
+
+    @property
+    def cpu_ram_gb(self) -> float | None:
+        """System RAM in GB (MB / 1000)."""
+        return None if self.cpu_ram_mb is None else self.cpu_ram_mb / 1000
+
+
+@attrs.frozen(kw_only=True)
+class SSHEndpoint:
+    """Where to log into a machine.
+
+    Attributes:
+        host: host name or IP address.
+        port: TCP port.
+        kind: ``"direct"`` (the machine's public address) or ``"proxy"`` (Vast's SSH proxy).
+        user: login user; Vast machines use ``root``.
+    """
+
+    host: str
+    port: int
+    kind: Literal["direct", "proxy"]
+    user: str = "root"
+
+
+@attrs.frozen(kw_only=True)
+class Instance:
+    """A rented instance as the list and show endpoints describe it.
+
+    ``extra_env`` is a dict (the wire sends ``[k, v]`` pairs); ``ports`` maps ``"22/tcp"`` to the
+    host ports as ints, and is ``None`` until the container runs. ``gpu_total_ram_mb`` is the
+    wire's ``gpu_totalram`` (sic). ``start_date`` is epoch seconds.
+    """
+
+    id: int
+    machine_id: int | None = None
+    actual_status: str | None = None
+    intended_status: str | None = None
+    cur_state: str | None = None
+    next_state: str | None = None
+    status_msg: str | None = None
+    label: str | None = None
+    image_uuid: str | None = None
+    image_runtype: str | None = None
+    # Dicts are mutable: keep them out of the generated hash so frozen instances stay hashable.
+    extra_env: dict[str, str] = attrs.field(factory=dict, hash=False)
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+    public_ipaddr: str | None = None
+    ports: dict[str, tuple[int, ...]] | None = attrs.field(default=None, hash=False)
+    direct_port_start: int | None = None
+    direct_port_end: int | None = None
+    direct_port_count: int | None = None
+    start_date: float | None = None
+    dph_total: float | None = None
+    gpu_name: str | None = None
+    num_gpus: int | None = None
+    gpu_ram_mb: float | None = None
+    gpu_total_ram_mb: float | None = None
+    disk_space_gb: float | None = None
+
+    def is_running(self) -> bool:
+        """Whether Vast reports the container running (not yet proof that SSH answers)."""
+        return self.actual_status == InstanceStatus.RUNNING
+
+    def fatal_reason(self) -> str | None:
+        """Why this instance cannot become a usable fresh rental, or ``None`` if it still can.
+
+        Fatal: ``exited``, ``unknown``, ``offline``; a ``status_msg`` reporting an OCI runtime
+        failure or an ``Error``; and a stop in which ``actual_status``, ``intended_status``,
+        ``cur_state`` and ``next_state`` are all ``stopped`` (how an outbid interruptible looks).
+        A stop the caller asked for itself looks exactly the same: callers that stop instances on
+        purpose must not read this as a failure.
+        """
+        status = self.actual_status
+        if status in InstanceStatus.FATAL:
+            return f"status {status}"
+        msg = self.status_msg or ""
+        if "OCI runtime create failed" in msg:
+            return "OCI runtime create failed"
+        if "Error" in msg:
+            return "status message reports an Error"
+        stopped = InstanceStatus.STOPPED
+        if (status, self.intended_status, self.cur_state, self.next_state) == (stopped,) * 4:
+            return "stopped (outbid interruptible, or stopped on request)"
+        return None
+
+    def is_fatal(self) -> bool:
+        """Whether :meth:`fatal_reason` finds a reason."""
+        return self.fatal_reason() is not None
+
+    def ssh_endpoints(self) -> list[SSHEndpoint]:
+        """The endpoints to try, direct first.
+
+        Direct is ``public_ipaddr`` + the first host port mapped to ``22/tcp``, once known. Proxy is
+        ``ssh_host`` + ``ssh_port``, plus one when ``"jupyter"`` is in ``image_runtype`` (the
+        official CLI's rule).
+        """
+        endpoints: list[SSHEndpoint] = []
+        ssh_ports = (self.ports or {}).get("22/tcp") or ()
+        if self.public_ipaddr and ssh_ports:
+            endpoints.append(SSHEndpoint(host=self.public_ipaddr, port=ssh_ports[0], kind="direct"))
+        if self.ssh_host and self.ssh_port:
+            port = self.ssh_port + 1 if "jupyter" in (self.image_runtype or "") else self.ssh_port
+            endpoints.append(SSHEndpoint(host=self.ssh_host, port=port, kind="proxy"))
+        return endpoints
+
+
+@attrs.frozen(kw_only=True)
+class InstancePage:
+    """One page of the v1 instance list (at most 25 rows); ``next_token`` is ``None`` at the end."""
+
+    instances: tuple[Instance, ...] = ()
+    next_token: str | None = None
+    instances_found: int | None = None
+    total_instances: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class User:
+    """The account behind the API key (``GET /users/current``); ``balance``/``credit`` in USD."""
+
+    id: int
+    email: str | None = None
+    balance: float | None = None
+    credit: float | None = None
+    username: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SSHKey:
+    """A public key registered on the account; ``created_at`` is epoch seconds when known."""
+
+    id: int
+    key: str
+    created_at: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Template:
+    """A Vast template; only ``id`` and ``hash_id`` are required, the rest is read if present.
+
+    ``env`` is the template's docker-style option string (``"-e A=1 -p 8080:8080"``).
+    """
+
+    id: int
+    hash_id: str
+    name: str | None = None
+    image: str | None = None
+    tag: str | None = None
+    env: str | None = None
+    onstart: str | None = None
+    runtype: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class CreateInstanceResponse:
+    """Answer to ``PUT /asks/{id}/``: ``new_contract`` is the new instance's id."""
+
+    success: bool
+    new_contract: int
+    instance_api_key: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class RentalInfo:
+    """Pure data about a rental whose SSH login was proven; :class:`Rental` is the live handle.
+
+    Attributes:
+        instance_id: the Vast instance id.
+        job_id: the caller's job id.
+        owner: the owning service's id (from the label).
+        label: the instance label.
+        offer: the offer it was rented from, when known.
+        ssh: the endpoint whose login was proven.
+        host_key: the pinned OpenSSH public host key line.
+        dph_total: USD/hour.
+        created_at: epoch seconds of the create request.
+        ready_at: epoch seconds of the first proven login.
+    """
+
+    instance_id: int
+    job_id: str
+    owner: str
+    label: str
+    ssh: SSHEndpoint
+    host_key: str
+    created_at: float
+    offer: Offer | None = None
+    dph_total: float | None = None
+    ready_at: float | None = None
+
+
+def encode_port(spec: str) -> str:
+    """The create body's env key for a port spec: ``"8080/tcp"`` -> ``"-p 8080:8080"``.
+
+    UDP keeps its suffix (``"53/udp"`` -> ``"-p 53:53/udp"``); a bare ``"8080"`` means TCP.
+
+    Raises:
+        InvalidRequestError: the spec is not ``PORT[/tcp|/udp]`` with 1 <= PORT <= 65535.
+    """
+    match = _PORT_SPEC.match(spec)
+    if match is None or not 1 <= int(match.group(1)) <= 65535:
+        raise InvalidRequestError(f"port {spec!r} must look like '8080/tcp' or '53/udp'")
+    port, proto = int(match.group(1)), match.group(2) or "tcp"
+    return f"-p {port}:{port}" + ("/udp" if proto == "udp" else "")
+
+
+def decode_wire_env(env: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Split a create body's ``env`` into variables and port specs (the inverse of ``to_wire``).
+
+    Returns:
+        ``(variables, ports)`` with ports as ``"8080/tcp"`` / ``"53/udp"``, in wire order.
+    """
+    variables: dict[str, str] = {}
+    ports: list[str] = []
+    for key, value in env.items():
+        match = _WIRE_PORT_KEY.match(key)
+        if match is None:
+            variables[key] = value
+        else:
+            ports.append(f"{match.group(2)}/{match.group(3) or 'tcp'}")
+    return variables, tuple(ports)
+
+
+def _check_request(req: CreateInstanceRequest) -> None:
+    # Fail before anything is sent or billed; messages never quote values (env may hold secrets).
+    if not req.image and not req.template_hash_id:
+        raise InvalidRequestError("an image or a template_hash_id is required")
+    for key in req.env:
+        if not _ENV_NAME.match(key):
+            raise InvalidRequestError(
+                f"env key {key!r} is not a valid variable name (pass ports through ports=)"
+            )
+    for spec in req.ports:
+        encode_port(spec)
+    if req.onstart is not None and len(req.onstart) > MAX_ONSTART_CHARS:
+        raise InvalidRequestError(f"onstart is longer than {MAX_ONSTART_CHARS} characters")
+    if req.label is not None and len(req.label) > MAX_LABEL_CHARS:
+        raise InvalidRequestError(f"label is longer than {MAX_LABEL_CHARS} characters")
+    if not (math.isfinite(req.disk_gb) and req.disk_gb > 0):
+        raise InvalidRequestError("disk_gb must be a positive number")
+    if req.price is not None and not (math.isfinite(req.price) and req.price >= 0):
+        raise InvalidRequestError("price (bid, USD/hour) must be >= 0, or None for on-demand")
+    if req.args is not None and req.runtype != "args":
+        raise InvalidRequestError("args are only sent with runtype 'args'")
+
+
+@attrs.frozen(kw_only=True)
+class CreateInstanceRequest:
+    """What to rent an offer with; validated on construction, sent as :meth:`to_wire`.
+
+    Attributes:
+        image: docker image (or ``None`` when ``template_hash_id`` names one).
+        env: environment variables; keys must be valid variable names.
+        ports: ports to expose, ``"8080/tcp"`` or ``"53/udp"``.
+        price: bid in USD/hour for an interruptible rental, ``None`` for on-demand.
+        disk_gb: disk size in GB.
+        label: instance label (at most 1024 characters).
+        onstart: script run at container start (at most 4048 characters).
+        image_login: registry credentials ``"-u USER -p PASS registry"`` (secret).
+        template_hash_id: template to start from.
+        runtype: space-separated launch mode; the default asks for direct and proxy SSH.
+        args: container arguments, only with ``runtype="args"``.
+        cancel_unavail: fail (410) instead of waiting when the offer is unavailable.
+        force: the official CLI's ``--force``.
+
+    Raises:
+        InvalidRequestError: on construction, for any of the rules above.
+    """
+
+    image: str | None = None
+    env: dict[str, str] = attrs.field(factory=dict, hash=False)
+    ports: tuple[str, ...] = ()
+    price: float | None = None
+    disk_gb: float = 10.0
+    label: str | None = None
+    onstart: str | None = None
+    image_login: str | None = attrs.field(default=None, repr=False)
+    template_hash_id: str | None = None
+    runtype: str = DEFAULT_RUNTYPE
+    args: tuple[str, ...] | None = None
+    cancel_unavail: bool = False
+    force: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        _check_request(self)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON body of ``PUT /asks/{id}/``, with exactly the official CLI's keys.
+
+        Ports become env keys ``"-p 8080:8080"`` (``"-p 53:53/udp"``) with value ``"1"``.
+        """
+        env = dict(self.env)
+        for spec in self.ports:
+            env[encode_port(spec)] = "1"
+        body: dict[str, Any] = {
+            "client_id": "me",
+            "image": self.image,
+            "env": env,
+            "price": self.price,
+            "disk": float(self.disk_gb),
+            "label": self.label,
+            "extra": None,
+            "onstart": self.onstart,
+            "image_login": self.image_login,
+            "python_utf8": False,
+            "lang_utf8": False,
+            "use_jupyter_lab": False,
+            "jupyter_dir": None,
+            "force": self.force,
+            "cancel_unavail": self.cancel_unavail,
+            "template_hash_id": self.template_hash_id,
+            "user": None,
+            "runtype": self.runtype,
+        }
+        if self.runtype == "args":
+            body["args"] = list(self.args or ())
+        return body

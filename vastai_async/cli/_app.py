@@ -30,8 +30,18 @@ EXIT_INTERRUPTED = 130
 class CLIState:
     """What global options leave for commands, and what a third Ctrl-C should name."""
 
-    def __init__(self, *, debug: bool) -> None:
+    def __init__(
+        self,
+        *,
+        debug: bool,
+        sandbox_url: str | None = None,
+        sandbox_key: str | None = None,
+        sandbox_time_scale: float = 1.0,
+    ) -> None:
         self.debug = debug
+        self.sandbox_url = sandbox_url
+        self.sandbox_key = sandbox_key
+        self.sandbox_time_scale = sandbox_time_scale
         #: Instance ids a running command may still own; named if the user forces an exit.
         self.live_instance_ids: Callable[[], list[int]] = list
 
@@ -39,10 +49,41 @@ class CLIState:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="vastai-async")
 @click.option("--debug", is_flag=True, help="Show tracebacks and DEBUG logs.")
+@click.option(
+    "--sandbox",
+    "use_sandbox",
+    is_flag=True,
+    help="Talk to the sandbox `vastai-async sandbox` recorded in the state directory.",
+)
+@click.option("--sandbox-url", default=None, help="Talk to the sandbox at this URL instead.")
+@click.option("--sandbox-key", default=None, help="API key of the sandbox at --sandbox-url.")
+@click.option(
+    "--sandbox-time-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="time_scale of the sandbox at --sandbox-url.",
+)
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
-    """Rent Vast.ai GPU machines from the command line."""
-    ctx.obj = CLIState(debug=debug)
+def cli(
+    ctx: click.Context,
+    debug: bool,
+    use_sandbox: bool,
+    sandbox_url: str | None,
+    sandbox_key: str | None,
+    sandbox_time_scale: float,
+) -> None:
+    """Rent Vast.ai GPU machines from the command line.
+
+    Configuration comes from VASTAI_* variables or .env.local.vastai (see
+    .env.local.vastai.example). With --sandbox no account is needed.
+    """
+    ctx.obj = CLIState(
+        debug=debug,
+        sandbox_url=sandbox_url if sandbox_url else ("recorded" if use_sandbox else None),
+        sandbox_key=sandbox_key,
+        sandbox_time_scale=sandbox_time_scale,
+    )
     if debug:
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")
 
@@ -79,8 +120,8 @@ def run_command(ctx: click.Context, make: Callable[[], Coroutine[Any, Any, T]]) 
     except ConfigError as err:
         if state.debug:
             traceback.print_exc()
-        hint = " (see .env.local.vastai.example)"
-        fail(f"{err}{hint}")
+        named = any(name.startswith("VASTAI_") for name, _ in err.problems)
+        fail(f"{err} (see .env.local.vastai.example)" if named else str(err))
     except VastAIError as err:
         if state.debug:
             traceback.print_exc()
@@ -124,5 +165,7 @@ async def _run_with_signals(state: CLIState, make: Callable[[], Coroutine[Any, A
 def main() -> None:
     """Entry point of ``vastai-async``."""
     from vastai_async.cli import _commands  # noqa: F401  (registers the commands)
+    from vastai_async.cli.sandbox_cmd import sandbox_cmd
 
+    cli.add_command(sandbox_cmd)
     cli()

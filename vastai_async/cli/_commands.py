@@ -1,40 +1,494 @@
-"""Registers every command on the ``vastai-async`` group."""
+"""Every command of ``vastai-async`` except ``sandbox`` and ``demo``.
+
+Each command builds a :class:`~vastai_async.VastAIService` from the environment (or the
+sandbox named by ``--sandbox``), runs one coroutine through :func:`run_command`, and prints a
+table for people or JSON (``--json``) for scripts.
+"""
 
 from __future__ import annotations
 
-import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
 
+import attrs
 import click
 
-from vastai_async.cli._app import cli, run_command
+from vastai_async.cli._app import CLIState, cli, fail, run_command
+from vastai_async.cli._output import print_json, print_table
+from vastai_async.cli._progress import ProgressPrinter
+from vastai_async.cli._setup import make_service
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def _state(ctx: click.Context) -> CLIState:
+    state = ctx.find_object(CLIState)
+    assert state is not None
+    return state
+
+
+def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--env")
+        env[key] = value
+    return env
 
 
 @cli.command("config")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+@json_option
 @click.pass_context
 def config_cmd(ctx: click.Context, as_json: bool) -> None:
     """Show the resolved configuration (secrets hidden)."""
-    from vastai_async.config import get_vastai_config
 
     async def show() -> None:
-        config = get_vastai_config()
-        fields = {
-            "api_base_url": config.api_base_url,
-            "api_key": "<set>",
-            "ssh_key_path": str(config.ssh_key_path),
-            "preferred_gpus": list(config.preferred_gpus),
-            "template_ids": list(config.template_ids),
-            "max_bid_usd_per_hour": config.max_bid_usd_per_hour,
-            "min_vram_gb": config.min_vram_gb,
-            "default_disk_gb": config.default_disk_gb,
-            "default_image": config.default_image,
-            "owner": config.owner,
-            "state_dir": str(config.state_dir),
-        }
+        async with make_service(ctx) as vast:
+            config = vast.config
+            fields = {
+                "api_base_url": config.api_base_url,
+                "api_key": "<set>",
+                "ssh_key_path": str(config.ssh_key_path),
+                "preferred_gpus": list(config.preferred_gpus),
+                "template_ids": list(config.template_ids),
+                "max_bid_usd_per_hour": config.max_bid_usd_per_hour,
+                "min_vram_gb": config.min_vram_gb,
+                "default_disk_gb": config.default_disk_gb,
+                "default_image": config.default_image,
+                "owner": config.owner,
+                "state_dir": str(config.state_dir),
+            }
         if as_json:
-            click.echo(json.dumps(fields, indent=2))
+            print_json(fields)
         else:
             for key, value in fields.items():
                 click.echo(f"{key:22} {value}")
 
     run_command(ctx, show)
+
+
+@cli.command("search")
+@click.option("--gpu", "gpus", multiple=True, help="GPU name, short or full (repeatable).")
+@click.option("--min-vram-gb", type=float, help="Minimum VRAM per GPU in GB.")
+@click.option("--max-usd-per-hour", type=float, help="Price ceiling (never above the config's).")
+@click.option("--num-gpus", type=int, help="Exact number of GPUs.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--query", "cli_query", help="Official CLI query string, e.g. 'num_gpus=1 reliability>0.98'."
+)
+@json_option
+@click.pass_context
+def search_cmd(
+    ctx: click.Context,
+    gpus: tuple[str, ...],
+    min_vram_gb: float | None,
+    max_usd_per_hour: float | None,
+    num_gpus: int | None,
+    limit: int,
+    cli_query: str | None,
+    as_json: bool,
+) -> None:
+    """Search offers with the config's defaults and these filters, cheapest first."""
+    from vastai_async.query import OfferQuery
+
+    async def search() -> None:
+        async with make_service(ctx) as vast:
+            query = OfferQuery.from_config(vast.config)
+            if num_gpus is not None:
+                query = attrs.evolve(query, num_gpus=num_gpus)
+            if cli_query:
+                query = query.with_cli_query(cli_query)
+            offers = await vast.search_offers(
+                query=query,
+                gpus=gpus or None,
+                min_vram_gb=min_vram_gb,
+                max_usd_per_hour=max_usd_per_hour,
+                limit=limit,
+            )
+        if as_json:
+            print_json([attrs.asdict(o) for o in offers])
+            return
+        print_table(
+            ["offer", "machine", "gpu", "n", "vram GB", "$/h", "reliab.", "location"],
+            [
+                [
+                    o.id,
+                    o.machine_id,
+                    o.gpu_name,
+                    o.num_gpus,
+                    _fmt(o.gpu_ram_gb, ".1f"),
+                    _fmt(o.dph_total, ".3f"),
+                    _fmt(o.reliability, ".3f"),
+                    o.geolocation,
+                ]
+                for o in offers
+            ],
+            title=f"{len(offers)} offers",
+        )
+
+    run_command(ctx, search)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+@cli.command("list")
+@click.option("--job-id", help="Only this job's instances.")
+@click.option("--owner", help="Only this owner's instances.")
+@click.option("--mine", is_flag=True, help="Only this process's owner id (rarely useful here).")
+@json_option
+@click.pass_context
+def list_cmd(
+    ctx: click.Context, job_id: str | None, owner: str | None, mine: bool, as_json: bool
+) -> None:
+    """List instances carrying a vastai-async label (every owner unless --owner/--mine)."""
+
+    async def run() -> None:
+        async with make_service(ctx) as vast:
+            rentals = await vast.list_rentals(job_id=job_id, owner=owner, all_owners=not mine)
+        if as_json:
+            print_json([attrs.asdict(r) for r in rentals])
+            return
+        print_table(
+            ["instance", "job", "owner", "status", "$/h", "label"],
+            [
+                [
+                    r.instance_id,
+                    r.job_id,
+                    "(kept)" if r.kept else r.owner,
+                    r.status,
+                    _fmt(r.dph_total, ".3f"),
+                    r.label,
+                ]
+                for r in rentals
+            ],
+            title=f"{len(rentals)} instances",
+        )
+
+    run_command(ctx, run)
+
+
+@cli.command("show")
+@click.argument("instance_id", type=int)
+@json_option
+@click.pass_context
+def show_cmd(ctx: click.Context, instance_id: int, as_json: bool) -> None:
+    """Show one instance."""
+
+    async def run() -> None:
+        async with make_service(ctx) as vast:
+            inst = await vast.client.show_instance(instance_id)
+        data = attrs.asdict(inst)
+        if as_json:
+            print_json(data)
+            return
+        for key in (
+            "id",
+            "label",
+            "actual_status",
+            "status_msg",
+            "gpu_name",
+            "num_gpus",
+            "dph_total",
+            "ssh_host",
+            "ssh_port",
+            "public_ipaddr",
+            "ports",
+            "start_date",
+        ):
+            click.echo(f"{key:14} {data.get(key)}")
+
+    run_command(ctx, run)
+
+
+@cli.command("destroy")
+@click.argument("instance_ids", type=int, nargs=-1, required=True)
+@json_option
+@click.pass_context
+def destroy_cmd(ctx: click.Context, instance_ids: tuple[int, ...], as_json: bool) -> None:
+    """Destroy instances and confirm they are gone."""
+
+    async def run() -> None:
+        results: dict[int, str] = {}
+        async with make_service(ctx) as vast:
+            for instance_id in instance_ids:
+                destroyed = await vast.terminate_instance(instance_id)
+                results[instance_id] = "destroyed" if destroyed else "already gone"
+        if as_json:
+            print_json({str(k): v for k, v in results.items()})
+        else:
+            for instance_id, what in results.items():
+                click.echo(f"{instance_id}: {what}")
+
+    run_command(ctx, run)
+
+
+@cli.command("reap")
+@click.option("--job-id", help="Destroy this job's instances.")
+@click.option("--owner", help="Destroy this owner's instances.")
+@click.option(
+    "--older-than", "older_than_s", type=float, help="Destroy instances older than S seconds."
+)
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@json_option
+@click.pass_context
+def reap_cmd(
+    ctx: click.Context,
+    job_id: str | None,
+    owner: str | None,
+    older_than_s: float | None,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Destroy orphaned instances: named job/owner, dead owners, or too old.
+
+    Kept rentals and instances without a vastai-async label are never touched.
+    """
+    interactive = sys.stdin.isatty()
+    if not yes and not interactive:
+        fail("reap needs --yes when there is no terminal to ask")
+
+    async def run() -> None:
+        async with make_service(ctx) as vast:
+            plan = await vast.reap(
+                job_id=job_id, owner=owner, older_than_s=older_than_s, dry_run=True
+            )
+            if not plan.destroyed:
+                report = plan
+            else:
+                if not yes:
+                    for instance_id, reason in plan.destroyed:
+                        click.echo(f"would destroy {instance_id}: {reason}")
+                    if not click.confirm("destroy these?", default=False):
+                        click.echo("nothing destroyed")
+                        return
+                report = await vast.reap(
+                    job_id=job_id, owner=owner, older_than_s=older_than_s, dry_run=False
+                )
+        if as_json:
+            print_json(
+                {
+                    "destroyed": [{"instance_id": i, "reason": r} for i, r in report.destroyed],
+                    "spared": [{"instance_id": i, "reason": r} for i, r in report.spared],
+                }
+            )
+            return
+        for instance_id, reason in report.destroyed:
+            click.echo(f"destroyed {instance_id}: {reason}")
+        for instance_id, reason in report.spared:
+            click.echo(f"spared {instance_id}: {reason}")
+        if not report.destroyed:
+            click.echo("nothing to reap")
+
+    run_command(ctx, run)
+
+
+def _provision_options(func: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--image", help="Docker image (default: the config's)."),
+            click.option("--env", "env_pairs", multiple=True, help="KEY=VALUE (repeatable)."),
+            click.option(
+                "--port", "ports", multiple=True, help="PORT[/udp] to expose (repeatable)."
+            ),
+            click.option("--onstart", help="Command run when the container starts."),
+            click.option("--disk", "disk_gb", type=float, help="Disk in GB."),
+            click.option("--timeout", "timeout_s", type=float, help="Overall deadline in seconds."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+@cli.command("provision")
+@click.option("--job-id", required=True, help="Your job id ([A-Za-z0-9._-]).")
+@click.option("--fan-out", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--max-usd-per-hour", type=float, help="Price ceiling for candidates.")
+@click.option("--min-vram-gb", type=float, help="Minimum VRAM per GPU in GB.")
+@click.option("--gpu", "gpus", multiple=True, help="GPU name, short or full (repeatable).")
+@_provision_options
+@click.option("--keep/--no-keep", default=True, show_default=True, help="Keep the winner running.")
+@json_option
+@click.pass_context
+def provision_cmd(
+    ctx: click.Context,
+    job_id: str,
+    fan_out: int,
+    max_usd_per_hour: float | None,
+    min_vram_gb: float | None,
+    gpus: tuple[str, ...],
+    image: str | None,
+    env_pairs: tuple[str, ...],
+    ports: tuple[str, ...],
+    onstart: str | None,
+    disk_gb: float | None,
+    timeout_s: float | None,
+    keep: bool,
+    as_json: bool,
+) -> None:
+    """Race several offers; keep the first machine whose SSH login works, destroy the rest."""
+    env = _parse_env(env_pairs)
+    state = _state(ctx)
+
+    async def run() -> None:
+        progress = ProgressPrinter(live=sys.stderr.isatty() and not as_json)
+        async with make_service(ctx) as vast:
+            state.live_instance_ids = vast.live_instance_ids
+            offers = await vast.search_offers(
+                gpus=gpus or None, min_vram_gb=min_vram_gb, max_usd_per_hour=max_usd_per_hour
+            )
+            timings = vast.timings
+            if timeout_s is not None:
+                timings = timings.replace(overall_s=timeout_s)
+            with progress:
+                rental = await vast.provision_instance(
+                    job_id=job_id,
+                    offers=offers,
+                    image=image,
+                    extra_env=env,
+                    ports=ports,
+                    onstart_cmd=onstart,
+                    disk_gb=disk_gb,
+                    fan_out=fan_out,
+                    timings=timings,
+                    on_event=progress.on_event,
+                )
+            if keep:
+                await rental.detach()
+            else:
+                await rental.terminate()
+        _print_winner(rental, progress, kept=keep, as_json=as_json)
+
+    run_command(ctx, run)
+
+
+@cli.command("rent")
+@click.option("--offer", "offer_id", type=int, required=True, help="The offer id to rent.")
+@_provision_options
+@click.option("--label", help="Your text, kept readable in the instance label.")
+@click.option("--job-id", default="rent", show_default=True, help="Job id written into the label.")
+@json_option
+@click.pass_context
+def rent_cmd(
+    ctx: click.Context,
+    offer_id: int,
+    image: str | None,
+    env_pairs: tuple[str, ...],
+    ports: tuple[str, ...],
+    onstart: str | None,
+    disk_gb: float | None,
+    timeout_s: float | None,
+    label: str | None,
+    job_id: str,
+    as_json: bool,
+) -> None:
+    """Rent one offer, wait until SSH works, keep it running and print the ssh line."""
+    env = _parse_env(env_pairs)
+    state = _state(ctx)
+
+    async def run() -> None:
+        progress = ProgressPrinter(live=sys.stderr.isatty() and not as_json)
+        async with make_service(ctx) as vast:
+            state.live_instance_ids = vast.live_instance_ids
+            timings = vast.timings
+            if timeout_s is not None:
+                timings = timings.replace(overall_s=timeout_s)
+            with progress:
+                rental = await vast.provision_instance(
+                    job_id=job_id,
+                    offer_id=offer_id,
+                    image=image,
+                    extra_env=env,
+                    ports=ports,
+                    onstart_cmd=onstart,
+                    disk_gb=disk_gb,
+                    fan_out=1,
+                    timings=timings,
+                    on_event=progress.on_event,
+                )
+            await rental.detach(label)
+        _print_winner(rental, progress, kept=True, as_json=as_json)
+
+    run_command(ctx, run)
+
+
+def _print_winner(rental: Any, progress: ProgressPrinter, *, kept: bool, as_json: bool) -> None:
+    info = rental.info
+    losers_usd = progress.losers_spend_usd(info.instance_id)
+    if as_json:
+        print_json(
+            {
+                "instance_id": info.instance_id,
+                "job_id": info.job_id,
+                "ssh": {"host": info.ssh.host, "port": info.ssh.port, "kind": info.ssh.kind},
+                "ssh_command": rental.ssh_command(),
+                "dph_total": info.dph_total,
+                "kept": kept,
+                "losers_estimated_usd": losers_usd,
+            }
+        )
+        return
+    click.echo(
+        f"winner: instance {info.instance_id} ({info.ssh.kind} {info.ssh.host}:{info.ssh.port})"
+    )
+    click.echo(f"price: {_fmt(info.dph_total, '.3f')} $/h; losers cost about ${losers_usd:.4f}")
+    click.echo(("kept running: " if kept else "terminated: ") + rental.ssh_command())
+
+
+@cli.command("ssh")
+@click.argument("instance_id", type=int)
+@click.option("--exec", "do_exec", is_flag=True, help="Run ssh instead of printing the line.")
+@click.pass_context
+def ssh_cmd(ctx: click.Context, instance_id: int, do_exec: bool) -> None:
+    """Print (or exec) the ssh line for an instance, with its pinned host key."""
+
+    async def run() -> str:
+        async with make_service(ctx) as vast:
+            rental = await vast.get_rental(instance_id)
+            return rental.ssh_command()
+
+    line = run_command(ctx, run)
+    if do_exec:
+        import shlex
+
+        argv = shlex.split(line)
+        os.execvp(argv[0], argv)  # noqa: S606  (the user asked to run ssh)
+    click.echo(line)
+
+
+@cli.command("run")
+@click.argument("instance_id", type=int)
+@click.argument("command")
+@click.pass_context
+def run_cmd(ctx: click.Context, instance_id: int, command: str) -> None:
+    """Run a command on a rental over SSH (pinned host key) and print its output."""
+
+    async def run() -> int:
+        async with make_service(ctx) as vast:
+            rental = await vast.get_rental(instance_id)
+            result = await rental.run(command)
+        click.echo(result.stdout, nl=False)
+        click.echo(result.stderr, nl=False, err=True)
+        return result.exit_status if result.exit_status is not None else 1
+
+    code = run_command(ctx, run)
+    sys.exit(code)
+
+
+@cli.command("logs")
+@click.argument("instance_id", type=int)
+@click.option("--tail", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.pass_context
+def logs_cmd(ctx: click.Context, instance_id: int, tail: int) -> None:
+    """Print an instance's container logs."""
+
+    async def run() -> None:
+        async with make_service(ctx) as vast:
+            text = await vast.client.request_logs(instance_id, tail=tail)
+        click.echo(text, nl=not text.endswith("\n"))
+
+    run_command(ctx, run)

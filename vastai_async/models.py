@@ -185,11 +185,12 @@ class Instance:
         purpose must not read this as a failure.
         """
         status = self.actual_status
+        msg = self.status_msg or ""
+        # The message says more than the status ("exited" alone hides an OCI failure).
+        if "OCI runtime create failed" in msg:
+            return f"OCI runtime create failed (status {status})"
         if status in InstanceStatus.FATAL:
             return f"status {status}"
-        msg = self.status_msg or ""
-        if "OCI runtime create failed" in msg:
-            return "OCI runtime create failed"
         if "Error" in msg:
             return "status message reports an Error"
         stopped = InstanceStatus.STOPPED

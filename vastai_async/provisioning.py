@@ -62,6 +62,9 @@ __all__ = [
 
 _log = logging.getLogger("vastai_async.provisioning")
 
+#: Creates of one offer whose answer was lost and that the label shows never took effect.
+_CREATE_ATTEMPTS = 3
+
 
 def new_race_id() -> str:
     """A short random race id (label-safe)."""
@@ -273,7 +276,13 @@ class Race:
         finally:
             for offer in self._claimed:
                 self._release(offer)
-        await run_uncancellable(self._teardown(keep=win.candidate.instance_id))
+        try:
+            await run_uncancellable(self._teardown(keep=win.candidate.instance_id))
+        except BaseException:
+            # Cancelled (or the losers' teardown failed) after the winner was chosen: the
+            # caller will never receive the rental, so the winner must go too.
+            await run_uncancellable(self._teardown(keep=None))
+            raise
         return self._result(win)
 
     # -- the race -------------------------------------------------------------------------
@@ -381,25 +390,34 @@ class Race:
 
     async def _create(self, cand: _Candidate) -> int:
         offer = cand.offer
-        # The create runs as its own task: if we are cancelled while the request is in flight,
-        # it still completes and teardown learns the id instead of leaking the machine.
-        task = asyncio.create_task(self._client.create_instance(offer.id, self._request))
-        self._pending_creates.add(task)
-        task.add_done_callback(self._pending_creates.discard)
-        try:
-            response = await asyncio.shield(task)
-        except OfferUnavailableError as err:
-            raise _CandidateFailure(f"offer unavailable ({err.code or 'no_such_ask'})") from err
-        except CreateOutcomeUnknownError:
-            # The request may have rented a machine: look for it by our label.
-            adopted = await self._find_by_label_for(cand)
-            if adopted is None:
-                raise _CandidateFailure("create answer lost; nothing found by label") from None
-            return adopted
-        instance_id = int(response.new_contract)
-        self._note_created(cand, instance_id)
-        await self._emit(InstanceCreated, offer_id=offer.id, instance_id=instance_id)
-        return instance_id
+        for attempt in range(1, _CREATE_ATTEMPTS + 1):
+            # The create runs as its own task: if we are cancelled while the request is in
+            # flight, it still completes and teardown learns the id instead of leaking it.
+            task = asyncio.create_task(self._client.create_instance(offer.id, self._request))
+            self._pending_creates.add(task)
+            task.add_done_callback(self._pending_creates.discard)
+            try:
+                response = await asyncio.shield(task)
+            except OfferUnavailableError as err:
+                reason = f"offer unavailable ({err.code or 'no_such_ask'})"
+                raise _CandidateFailure(reason) from err
+            except CreateOutcomeUnknownError as err:
+                # The request may have rented a machine: look for it by our label.
+                adopted = await self._find_by_label_for(cand)
+                if adopted is not None:
+                    return adopted
+                # Not listed: it did not take effect. Trying again is safe because any late
+                # instance still carries our label, and teardown sweeps the label.
+                if attempt == _CREATE_ATTEMPTS:
+                    raise _CandidateFailure(
+                        f"create failed {attempt} times with no answer ({err.message})"
+                    ) from err
+                continue
+            instance_id = int(response.new_contract)
+            self._note_created(cand, instance_id)
+            await self._emit(InstanceCreated, offer_id=offer.id, instance_id=instance_id)
+            return instance_id
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _find_by_label_for(self, cand: _Candidate) -> int | None:
         found = await self._list(label=self._label)

@@ -23,6 +23,7 @@ import attrs
 
 from vastai_async._owners import owner_is_dead
 from vastai_async._poller import InstancePoller
+from vastai_async._teardown import run_uncancellable
 from vastai_async.client import VastAIClient
 from vastai_async.config import VastAIConfig, get_vastai_config
 from vastai_async.errors import (
@@ -257,9 +258,14 @@ class VastAIService(AsyncComputeProvider):
             result = await race.run()
         finally:
             self._races.discard(race)
-        self.known_hosts.pin(
-            result.instance_id, result.endpoint.host, result.endpoint.port, result.host_key
-        )
+        try:
+            self.known_hosts.pin(
+                result.instance_id, result.endpoint.host, result.endpoint.port, result.host_key
+            )
+        except BaseException:
+            # Without a pinned key the caller gets no rental: do not leave the machine billing.
+            await run_uncancellable(self.terminate_instance(result.instance_id))
+            raise
         info = RentalInfo(
             instance_id=result.instance_id,
             job_id=job_id,

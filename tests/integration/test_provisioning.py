@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import pytest
 
@@ -337,3 +338,50 @@ async def test_max_spend_stops_the_race(
         )
     assert vastai_sandbox.alive_instance_ids() == set()
     assert math.isfinite(vastai_sandbox.balance())
+
+
+async def test_poller_lists_26_instances_in_two_calls_per_tick(
+    vastai_service: VastAIService, vastai_sandbox: Sandbox
+) -> None:
+    from vastai_async._poller import InstancePoller
+    from vastai_async.models import CreateInstanceRequest
+
+    offers = distinct_machines(await vastai_service.search_offers(), 26)
+    for offer in offers:
+        vastai_sandbox.set_boot_latency(offer.id, 100_000.0)
+    request = CreateInstanceRequest(image="ubuntu", disk_gb=10, label="vastai-async:t:eco:r1")
+    ids = [
+        (await vastai_service.client.create_instance(offer.id, request)).new_contract
+        for offer in offers
+    ]
+    poller = InstancePoller(
+        lambda ids: vastai_service.client.list_instances(ids=ids), interval_s=60.0
+    )
+    before = vastai_sandbox.request_counts()["GET /api/v1/instances/"]
+    for instance_id in ids:
+        poller.watch(instance_id)
+    generation, snap = await poller.wait(ids[0], 0)
+    assert snap is not None
+    assert snap.id == ids[0]
+    assert generation == 1
+    # ceil(26 / 25) = 2 list calls for one tick, never 26.
+    assert vastai_sandbox.request_counts()["GET /api/v1/instances/"] - before == 2
+    await poller.close()
+    await vastai_service.client.destroy_instances(ids)
+    assert vastai_sandbox.alive_instance_ids() == set()
+
+
+async def test_rental_put_get_files_over_sftp(
+    vastai_service: VastAIService, vastai_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    offers = await candidates(vastai_service, 1)
+    async with await vastai_service.provision_instance(job_id="files", offers=offers) as rental:
+        local = tmp_path / "in.txt"
+        local.write_text("hello gpu\n")
+        await rental.put(local, "in.txt")
+        result = await rental.run("cat in.txt", check=True)
+        assert result.stdout == "hello gpu\n"
+        await rental.get("in.txt", tmp_path / "out.txt")
+        assert (tmp_path / "out.txt").read_text() == "hello gpu\n"
+        assert rental.ssh_command().startswith("ssh -i ")
+    assert vastai_sandbox.alive_instance_ids() == set()

@@ -1,0 +1,377 @@
+"""The sandbox's REST handlers: the endpoints of vast-api.md with their real shapes.
+
+Bodies are built here from the sandbox's own state; status codes and error bodies follow
+vast-api.md's table (``no_such_ask`` 404 with ``ask_id``, ``no_such_instance`` 404, ``invalid_args``
+400, ``missing_billing`` 400, ``{"instances": null}`` for a missing instance on GET).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from vastai_async.sandbox.app import STATE, ApiError, SandboxState, json_body, reply
+from vastai_async.sandbox.matching import (
+    QueryError,
+    decode_token,
+    encode_token,
+    matches,
+    parse_order,
+    row_key,
+    sort_rows,
+)
+from vastai_async.sandbox.state import Instance
+from vastai_async.sandbox.views import INSTANCE_FIELDS
+
+__all__ = ["ROUTES"]
+
+_PAGE_MAX = 25
+_LABEL_MAX = 1024
+_ONSTART_MAX = 4048
+_KEY_RE = re.compile(
+    r"^(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+( .*)?$"
+)
+
+
+def _st(request: web.Request) -> SandboxState:
+    return request.app[STATE]
+
+
+def _int_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        raise ApiError(400, "invalid_args", "id must be an integer.") from None
+
+
+def _instance(request: web.Request) -> Instance:
+    iid = _int_id(request)
+    inst = _st(request).cloud.instances.get(iid)
+    if inst is None:
+        raise ApiError(404, "no_such_instance", f"Instance {iid} not found.")
+    return inst
+
+
+async def _object_body(request: web.Request) -> dict[str, Any]:
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_args", "Request body must be a JSON object.")
+    return body
+
+
+def _query_json(request: web.Request, name: str, default: Any) -> Any:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_args", f"{name} is not valid JSON.") from None
+
+
+# --- offers and create -------------------------------------------------------------------------
+
+
+async def search_offers(request: web.Request) -> web.Response:
+    body = await _object_body(request)
+    try:
+        offers = _st(request).cloud.market.search(body)
+    except QueryError as err:
+        raise ApiError(400, "invalid_args", str(err)) from None
+    return reply({"offers": offers})
+
+
+def _create_args(body: dict[str, Any], st: SandboxState, offer: dict[str, Any]) -> dict[str, Any]:
+    template = None
+    if body.get("template_hash_id") is not None:
+        template = next((t for t in st.templates if t["hash_id"] == body["template_hash_id"]), None)
+        if template is None:
+            raise ApiError(400, "invalid_args", "Unknown template_hash_id.")
+    image = body.get("image") or (template["image"] if template else None)
+    if not isinstance(image, str) or not image.strip():
+        raise ApiError(400, "invalid_args", "image is required.")
+    env = body.get("env") or {}
+    if not isinstance(env, dict):
+        raise ApiError(400, "invalid_args", "env must be an object.")
+    price = body.get("price")
+    if price is not None:
+        if isinstance(price, bool) or not isinstance(price, int | float) or price <= 0:
+            raise ApiError(400, "invalid_price", "price must be a positive number.")
+        if price < float(offer["min_bid"]):
+            raise ApiError(400, "invalid_price", f"Bid {price} is below the minimum bid.")
+    disk = body.get("disk", 10.0)
+    if isinstance(disk, bool) or not isinstance(disk, int | float) or disk <= 0:
+        raise ApiError(400, "invalid_args", "disk must be a positive number of GB.")
+    if disk > float(offer["disk_space"]):
+        raise ApiError(400, "invalid_args", "disk exceeds the offer's disk_space.")
+    label = body.get("label")
+    if label is not None and (not isinstance(label, str) or len(label) > _LABEL_MAX):
+        raise ApiError(400, "invalid_args", f"label must be a string of at most {_LABEL_MAX}.")
+    onstart = body.get("onstart")
+    if onstart is not None and (not isinstance(onstart, str) or len(onstart) > _ONSTART_MAX):
+        raise ApiError(400, "invalid_args", f"onstart must be at most {_ONSTART_MAX} chars.")
+    runtype = body.get("runtype") or (template or {}).get("runtype") or "ssh"
+    args = body.get("args")
+    if args is not None and (not isinstance(args, list) or runtype != "args"):
+        raise ApiError(400, "invalid_args", "args is a list and needs runtype 'args'.")
+    return {
+        "image": image.strip(),
+        "env": {str(k): str(v) for k, v in env.items()},
+        "onstart": onstart,
+        "label": label,
+        "runtype": str(runtype),
+        "disk_gb": float(disk),
+        "bid": None if price is None else float(price),
+        "template_hash_id": body.get("template_hash_id"),
+        "args": [str(a) for a in args] if args is not None else None,
+    }
+
+
+async def create_instance(request: web.Request) -> web.Response:
+    st = _st(request)
+    offer_id = _int_id(request)
+    body = await _object_body(request)
+    cloud = st.cloud
+    if cloud.ledger.balance(cloud.clock.now()) <= 0:
+        raise ApiError(400, "missing_billing", "You lack credit, see the billing page.")
+    offer = cloud.market.available(offer_id)
+    if offer is None:
+        msg = f"error 404/3603: no_such_ask Instance type by id {offer_id} is not available."
+        if body.get("cancel_unavail"):
+            raise ApiError(410, "no_such_ask", msg, ask_id=offer_id)
+        raise ApiError(404, "invalid_args", msg, ask_id=offer_id)
+    args = _create_args(body, st, offer.fields)
+    inst = await cloud.create(offer_id=offer_id, **args)
+    return reply({"success": True, "new_contract": inst.id, "instance_api_key": inst.api_key})
+
+
+# --- listing -----------------------------------------------------------------------------------
+
+
+async def list_instances_v1(request: web.Request) -> web.Response:
+    cloud = _st(request).cloud
+    filters = _query_json(request, "select_filters", {})
+    order_raw = _query_json(request, "order_by", [{"col": "id", "dir": "asc"}])
+    try:
+        limit = min(max(int(request.query.get("limit", _PAGE_MAX)), 1), _PAGE_MAX)
+    except ValueError:
+        raise ApiError(400, "invalid_args", "limit must be an integer.") from None
+    if not isinstance(filters, dict):
+        raise ApiError(400, "invalid_args", "select_filters must be an object.")
+    rows = [cloud.instance_json(i) for i in cloud.instances.values()]
+    try:
+        order = parse_order(order_raw)
+        known = INSTANCE_FIELDS
+        found = [r for r in rows if matches(r, filters, known=known)]
+        token = request.query.get("after_token")
+        after = decode_token(token) if token else None
+        ordered = sort_rows(found, order, after=after, known=known)
+    except QueryError as err:
+        raise ApiError(400, "invalid_args", str(err)) from None
+    page = ordered[:limit]
+    next_token = encode_token(row_key(page[-1], order)) if len(ordered) > limit else None
+    cols = _query_json(request, "select_cols", None)
+    if isinstance(cols, list) and cols and "*" not in cols:
+        page = [{c: r.get(c) for c in cols} for r in page]
+    return reply(
+        {
+            "success": True,
+            "instances": list(page),
+            "next_token": next_token,
+            "instances_found": len(found),
+            "total_instances": len(rows),
+        }
+    )
+
+
+async def list_instances_legacy(request: web.Request) -> web.Response:
+    if not _st(request).legacy_list:
+        # Newer accounts get 410 here (vast-api.md): clients must use the v1 list.
+        raise ApiError(410, "gone", "This endpoint is deprecated; use /api/v1/instances/.")
+    cloud = _st(request).cloud
+    rows = [cloud.instance_json(i) for i in sorted(cloud.instances.values(), key=lambda i: i.id)]
+    return reply({"instances": rows})
+
+
+async def show_instance(request: web.Request) -> web.Response:
+    cloud = _st(request).cloud
+    inst = cloud.instances.get(_int_id(request))
+    return reply({"instances": None if inst is None else cloud.instance_json(inst)})
+
+
+# --- changes -----------------------------------------------------------------------------------
+
+
+async def destroy_instance(request: web.Request) -> web.Response:
+    iid = _int_id(request)
+    if not await _st(request).cloud.destroy(iid):
+        raise ApiError(404, "no_such_instance", f"Instance {iid} not found.")
+    return reply({"success": True})
+
+
+async def destroy_instances(request: web.Request) -> web.Response:
+    body = await _object_body(request)
+    ids = body.get("instance_ids")
+    if not isinstance(ids, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in ids
+    ):
+        raise ApiError(400, "invalid_args", "instance_ids must be a list of integers.")
+    cloud = _st(request).cloud
+    for iid in ids:
+        await cloud.destroy(iid)
+    return reply({"success": True})
+
+
+async def manage_instance(request: web.Request) -> web.Response:
+    inst = _instance(request)
+    body = await _object_body(request)
+    cloud = _st(request).cloud
+    if "label" in body:
+        label = body["label"]
+        if label is not None and (not isinstance(label, str) or len(label) > _LABEL_MAX):
+            raise ApiError(400, "invalid_args", f"label must be at most {_LABEL_MAX} chars.")
+        inst.label = label
+    state = body.get("state")
+    if state is not None:
+        if state == "stopped":
+            if inst.actual_status != "stopped":
+                await cloud.stop(inst)
+        elif state == "running":
+            if inst.bid is not None and inst.bid < float(inst.offer["min_bid"]):
+                msg = "Your bid is below the current price; the machine is unavailable."
+                return reply({"success": False, "error": "resources_unavailable", "msg": msg})
+            await cloud.start(inst)
+        else:
+            raise ApiError(400, "invalid_args", "state must be 'running' or 'stopped'.")
+    if "label" not in body and state is None:
+        raise ApiError(400, "invalid_args", "Nothing to change: give state or label.")
+    return reply({"success": True})
+
+
+async def change_bid(request: web.Request) -> web.Response:
+    inst = _instance(request)
+    body = await _object_body(request)
+    price = body.get("price")
+    if isinstance(price, bool) or not isinstance(price, int | float) or price <= 0:
+        raise ApiError(400, "invalid_price", "price must be a positive number.")
+    if inst.bid is None:
+        raise ApiError(400, "invalid_args", "Instance is on-demand; it has no bid.")
+    await _st(request).cloud.change_bid(inst, float(price))
+    return reply({"success": True})
+
+
+async def reboot_instance(request: web.Request) -> web.Response:
+    inst = _instance(request)
+    await _st(request).cloud.reboot(inst)
+    return reply({"success": True})
+
+
+async def request_logs(request: web.Request) -> web.Response:
+    st = _st(request)
+    inst = _instance(request)
+    body = await _object_body(request)
+    lines = list(inst.log)
+    try:
+        tail = int(body.get("tail", 1000))
+    except (TypeError, ValueError):
+        raise ApiError(400, "invalid_args", "tail must be a number.") from None
+    token = secrets.token_urlsafe(16)
+    # Real logs appear at the URL a little later; clients poll it.
+    st.logs.files[token] = (st.cloud.clock.now() + 2.0, "\n".join(lines[-tail:]) + "\n")
+    url = f"{st.logs.base_url}/logs/{token}"
+    return reply({"success": True, "result_url": url, "msg": "Logs requested."})
+
+
+# --- keys, user, templates ---------------------------------------------------------------------
+
+
+def _ssh_key(body: dict[str, Any]) -> str:
+    key = body.get("ssh_key")
+    if not isinstance(key, str) or not _KEY_RE.match(key.strip()):
+        raise ApiError(400, "invalid_args", "ssh_key must be an OpenSSH public key line.")
+    return key.strip()
+
+
+async def attach_key(request: web.Request) -> web.Response:
+    inst = _instance(request)
+    key = _ssh_key(await _object_body(request))
+    if key not in inst.keys:
+        inst.keys[key] = _st(request).cloud.clock.epoch()
+    return reply({"success": True, "msg": "SSH key attached."})
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    keys = _st(request).cloud.account_keys
+    return reply([{"id": k, "key": v[0], "created_at": v[1]} for k, v in sorted(keys.items())])
+
+
+async def add_key(request: web.Request) -> web.Response:
+    cloud = _st(request).cloud
+    key = _ssh_key(await _object_body(request))
+    key_id = cloud.add_account_key(key)
+    created = cloud.account_keys[key_id][1]
+    return reply({"success": True, "key": {"id": key_id, "key": key, "created_at": created}})
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    key_id = _int_id(request)
+    if _st(request).cloud.account_keys.pop(key_id, None) is None:
+        raise ApiError(404, "not_found", f"SSH key {key_id} not found.")
+    return reply({"success": True})
+
+
+async def current_user(request: web.Request) -> web.Response:
+    st = _st(request)
+    balance = round(st.cloud.ledger.balance(st.cloud.clock.now()), 6)
+    return reply(
+        {
+            "id": st.user_id,
+            "username": "sandbox",
+            "email": "sandbox@example.invalid",
+            "fullname": "Sandbox User",
+            "balance": balance,
+            "credit": balance,
+            "can_pay": balance > 0,
+            "has_billing": True,
+            "ssh_key": None,
+            "billaddress_country": "NL",
+        }
+    )
+
+
+async def search_templates(request: web.Request) -> web.Response:
+    st = _st(request)
+    filters = _query_json(request, "select_filters", {})
+    if not isinstance(filters, dict):
+        raise ApiError(400, "invalid_args", "select_filters must be an object.")
+    try:
+        found = [t for t in st.templates if matches(t, filters, known=set(st.templates[0]))]
+    except QueryError as err:
+        raise ApiError(400, "invalid_args", str(err)) from None
+    return reply({"success": True, "templates": found})
+
+
+ROUTES: list[web.RouteDef] = [
+    web.post("/api/v0/bundles/", search_offers),
+    web.put("/api/v0/asks/{id}/", create_instance),
+    web.get("/api/v1/instances/", list_instances_v1),
+    web.get("/api/v0/instances/", list_instances_legacy),
+    web.delete("/api/v0/instances/", destroy_instances),
+    web.get("/api/v0/instances/{id}/", show_instance),
+    web.put("/api/v0/instances/{id}/", manage_instance),
+    web.delete("/api/v0/instances/{id}/", destroy_instance),
+    web.put("/api/v0/instances/bid_price/{id}/", change_bid),
+    web.put("/api/v0/instances/reboot/{id}/", reboot_instance),
+    web.put("/api/v0/instances/request_logs/{id}/", request_logs),
+    web.post("/api/v0/instances/{id}/ssh/", attach_key),
+    web.get("/api/v0/ssh/", list_keys),
+    web.post("/api/v0/ssh/", add_key),
+    web.delete("/api/v0/ssh/{id}/", delete_key),
+    web.get("/api/v0/users/current", current_user),
+    web.get("/api/v0/users/current/", current_user),
+    web.get("/api/v0/template/", search_templates),
+]

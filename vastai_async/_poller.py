@@ -11,12 +11,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from vastai_async._logging import get_logger
 from vastai_async.errors import VastAIError
 from vastai_async.models import Instance
 
 __all__ = ["InstancePoller"]
 
-_log = logging.getLogger("vastai_async.provisioning")
+_log = get_logger(__name__)
 
 
 class InstancePoller:

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
 
+from vastai_async._logging import get_logger
+
 __all__ = [
     "CandidateChosen",
     "CandidateFailed",
@@ -31,7 +33,7 @@ __all__ = [
     "WinnerChosen",
 ]
 
-_log = logging.getLogger("vastai_async.events")
+_log = get_logger(__name__)
 
 
 @attrs.frozen(kw_only=True)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from vastai_async._logging import get_logger
 from vastai_async._poller import InstancePoller
 from vastai_async._teardown import run_uncancellable
 from vastai_async.errors import (
@@ -60,7 +61,7 @@ __all__ = [
     "new_race_id",
 ]
 
-_log = logging.getLogger("vastai_async.provisioning")
+_log = get_logger(__name__)
 
 #: Creates of one offer whose answer was lost and that the label shows never took effect.
 _CREATE_ATTEMPTS = 3

@@ -21,6 +21,7 @@ import aiohttp
 import asyncssh
 import attrs
 
+from vastai_async._logging import get_logger
 from vastai_async._owners import owner_is_dead
 from vastai_async._poller import InstancePoller
 from vastai_async._teardown import run_uncancellable
@@ -47,7 +48,7 @@ from vastai_async.timings import Timings
 
 __all__ = ["VastAIService"]
 
-_log = logging.getLogger("vastai_async.service")
+_log = get_logger(__name__)
 
 
 class VastAIService(AsyncComputeProvider):

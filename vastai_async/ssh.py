@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,6 +27,7 @@ from typing import Any
 import asyncssh
 import attrs
 
+from vastai_async._logging import get_logger
 from vastai_async.errors import (
     ConfigError,
     HostKeyMismatchError,
@@ -51,7 +51,7 @@ __all__ = [
     "wait_for_login",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: How long closing a channel or connection may wait for the peer's acknowledgement.
 _CLOSE_WAIT_S = 2.0

@@ -51,6 +51,7 @@ class InstancePoller:
         self._watched[instance_id] = self._watched.get(instance_id, 0) + 1
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="vastai-async-poller")
+            self._task.add_done_callback(self._on_done)
         self._wake.set()
 
     def unwatch(self, instance_id: int) -> None:
@@ -71,6 +72,11 @@ class InstancePoller:
         async with self._cond:
             await self._cond.wait_for(lambda: self._generation > seen)
             return self._generation, self._snapshots.get(instance_id)
+
+    def _on_done(self, task: asyncio.Task[None]) -> None:
+        # A bug in a tick must not pass silently: waiters would only see their deadlines.
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("status poller stopped", exc_info=task.exception())
 
     async def close(self) -> None:
         """Stop polling (idempotent)."""

@@ -164,11 +164,9 @@ class EventEmitter:
     ) -> None:
         self._callbacks = [cb for cb in callbacks if cb is not None]
         self._log = logger or _log
-        self.history: list[Event] = []
 
     async def emit(self, event: Event) -> None:
-        """Record, log and deliver one event."""
-        self.history.append(event)
+        """Log and deliver one event."""
         if self._log.isEnabledFor(logging.DEBUG):
             self._log.debug("event %s", event)
         for callback in self._callbacks:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _isolated_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Path]:
+) -> Path:
     """Clear ``VASTAI_*``, work in a temporary folder, keep state in a temporary folder."""
     for name in list(os.environ):
         if name.startswith("VASTAI_"):
@@ -33,4 +32,4 @@ def _isolated_environment(
     state = tmp_path_factory.mktemp("state")
     monkeypatch.chdir(work)
     monkeypatch.setenv("VASTAI_STATE_DIR", str(state))
-    yield work
+    return work

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vastai_async._sandbox_link import sandbox_config
 from vastai_async.client import VastAIClient
 from vastai_async.config import VastAIConfig, generate_ssh_keypair, get_vastai_config
 from vastai_async.errors import (
@@ -113,4 +114,5 @@ __all__ = [
     "generate_ssh_keypair",
     "get_vastai_config",
     "parse_cli_query",
+    "sandbox_config",
 ]

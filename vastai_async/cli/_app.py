@@ -76,7 +76,21 @@ def cli(
     """Rent Vast.ai GPU machines from the command line.
 
     Configuration comes from VASTAI_* variables or .env.local.vastai (see
-    .env.local.vastai.example). With --sandbox no account is needed.
+    .env.local.vastai.example). With --sandbox no account is needed. Exit codes: 0 success,
+    1 failure (one line on stderr; --debug for the traceback), 2 usage, 130 interrupted.
+    Ctrl-C or SIGTERM destroys what the running command created.
+
+    \b
+    Examples:
+      vastai-async demo                            # the whole story, no account
+      vastai-async sandbox &                       # a local Vast.ai for the --sandbox commands
+      vastai-async --sandbox search --gpu 4090 --max-usd-per-hour 1
+      vastai-async search --query 'num_gpus=1 reliability>0.98' --json
+      vastai-async provision --job-id train-1 --fan-out 3
+      vastai-async rent --offer 123456 --image pytorch/pytorch --label "my box"
+      vastai-async ssh 4242 --exec
+      vastai-async run 4242 'nvidia-smi -L'
+      vastai-async reap --job-id train-1 --yes
     """
     ctx.obj = CLIState(
         debug=debug,
@@ -126,6 +140,15 @@ def run_command(ctx: click.Context, make: Callable[[], Coroutine[Any, Any, T]]) 
         if state.debug:
             traceback.print_exc()
         fail(str(err).splitlines()[0] if not state.debug else str(err))
+    except (click.ClickException, click.Abort):
+        raise  # click prints these itself (usage errors exit 2)
+    except Exception as err:
+        # Not an SDK error: a bug or an unexpected environment. Still one line for people.
+        if state.debug:
+            traceback.print_exc()
+        text = str(err).splitlines()[0] if str(err) else ""
+        hint = "" if state.debug else " (run with --debug for the traceback)"
+        fail(f"{type(err).__name__}: {text}{hint}" if text else f"{type(err).__name__}{hint}")
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -162,10 +185,17 @@ async def _run_with_signals(state: CLIState, make: Callable[[], Coroutine[Any, A
             loop.remove_signal_handler(sig)
 
 
-def main() -> None:
-    """Entry point of ``vastai-async``."""
+def register_commands() -> click.Group:
+    """Attach every command to the group (idempotent) and return it."""
     from vastai_async.cli import _commands  # noqa: F401  (registers the commands)
+    from vastai_async.cli._demo import demo_cmd
     from vastai_async.cli.sandbox_cmd import sandbox_cmd
 
     cli.add_command(sandbox_cmd)
-    cli()
+    cli.add_command(demo_cmd)
+    return cli
+
+
+def main() -> None:
+    """Entry point of ``vastai-async``."""
+    register_commands()(prog_name="vastai-async")

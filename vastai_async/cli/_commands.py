@@ -19,6 +19,7 @@ from vastai_async.cli._app import CLIState, cli, fail, run_command
 from vastai_async.cli._output import print_json, print_table
 from vastai_async.cli._progress import ProgressPrinter
 from vastai_async.cli._setup import make_service
+from vastai_async.errors import InvalidRequestError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
@@ -75,7 +76,9 @@ def config_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.option("--min-vram-gb", type=float, help="Minimum VRAM per GPU in GB.")
 @click.option("--max-usd-per-hour", type=float, help="Price ceiling (never above the config's).")
 @click.option("--num-gpus", type=int, help="Exact number of GPUs.")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most N offers."
+)
 @click.option(
     "--query", "cli_query", help="Official CLI query string, e.g. 'num_gpus=1 reliability>0.98'."
 )
@@ -91,7 +94,15 @@ def search_cmd(
     cli_query: str | None,
     as_json: bool,
 ) -> None:
-    """Search offers with the config's defaults and these filters, cheapest first."""
+    """Search offers with the config's defaults and these filters, cheapest first.
+
+    The config's price ceiling always holds; options may only narrow the search.
+
+    \b
+    Examples:
+      vastai-async search --gpu 4090 --gpu A100 --max-usd-per-hour 1.5
+      vastai-async search --query 'num_gpus=2 reliability>0.98 inet_down>500' --json
+    """
     from vastai_async.query import OfferQuery
 
     async def search() -> None:
@@ -145,7 +156,13 @@ def _fmt(value: float | None, spec: str) -> str:
 def list_cmd(
     ctx: click.Context, job_id: str | None, owner: str | None, mine: bool, as_json: bool
 ) -> None:
-    """List instances carrying a vastai-async label (every owner unless --owner/--mine)."""
+    """List instances carrying a vastai-async label (every owner unless --owner/--mine).
+
+    \b
+    Examples:
+      vastai-async list
+      vastai-async list --job-id train-1 --json
+    """
 
     async def run() -> None:
         async with make_service(ctx) as vast:
@@ -210,7 +227,12 @@ def show_cmd(ctx: click.Context, instance_id: int, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def destroy_cmd(ctx: click.Context, instance_ids: tuple[int, ...], as_json: bool) -> None:
-    """Destroy instances and confirm they are gone."""
+    """Destroy instances and confirm they are gone.
+
+    \b
+    Example:
+      vastai-async destroy 4242 4243
+    """
 
     async def run() -> None:
         results: dict[int, str] = {}
@@ -246,7 +268,14 @@ def reap_cmd(
 ) -> None:
     """Destroy orphaned instances: named job/owner, dead owners, or too old.
 
-    Kept rentals and instances without a vastai-async label are never touched.
+    Kept rentals and instances without a vastai-async label are never touched. Shows what it
+    would destroy and asks; with no terminal to ask it refuses unless --yes.
+
+    \b
+    Examples:
+      vastai-async reap                      # dead owners' instances, after asking
+      vastai-async reap --job-id train-1 --yes
+      vastai-async reap --older-than 86400 --yes --json
     """
     interactive = sys.stdin.isatty()
     if not yes and not interactive:
@@ -261,10 +290,11 @@ def reap_cmd(
                 report = plan
             else:
                 if not yes:
+                    # The plan and the question go to stderr: stdout stays the result (--json).
                     for instance_id, reason in plan.destroyed:
-                        click.echo(f"would destroy {instance_id}: {reason}")
-                    if not click.confirm("destroy these?", default=False):
-                        click.echo("nothing destroyed")
+                        click.echo(f"would destroy {instance_id}: {reason}", err=True)
+                    if not click.confirm("destroy these?", default=False, err=True):
+                        click.echo("nothing destroyed", err=True)
                         return
                 report = await vast.reap(
                     job_id=job_id, owner=owner, older_than_s=older_than_s, dry_run=False
@@ -306,7 +336,13 @@ def _provision_options(func: Any) -> Any:
 
 @cli.command("provision")
 @click.option("--job-id", required=True, help="Your job id ([A-Za-z0-9._-]).")
-@click.option("--fan-out", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--fan-out",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Candidates rented at once.",
+)
 @click.option("--max-usd-per-hour", type=float, help="Price ceiling for candidates.")
 @click.option("--min-vram-gb", type=float, help="Minimum VRAM per GPU in GB.")
 @click.option("--gpu", "gpus", multiple=True, help="GPU name, short or full (repeatable).")
@@ -330,7 +366,17 @@ def provision_cmd(
     keep: bool,
     as_json: bool,
 ) -> None:
-    """Race several offers; keep the first machine whose SSH login works, destroy the rest."""
+    """Race several offers; keep the first machine whose SSH login works, destroy the rest.
+
+    Shows each candidate's status, probes, elapsed time and spend (a live table on a
+    terminal, plain lines otherwise), then the winner, what the losers cost, and its ssh line.
+    Ctrl-C destroys every instance the race created.
+
+    \b
+    Examples:
+      vastai-async provision --job-id train-1 --fan-out 3 --gpu 4090
+      vastai-async provision --job-id ci-42 --no-keep --json
+    """
     env = _parse_env(env_pairs)
     state = _state(ctx)
 
@@ -341,6 +387,11 @@ def provision_cmd(
             offers = await vast.search_offers(
                 gpus=gpus or None, min_vram_gb=min_vram_gb, max_usd_per_hour=max_usd_per_hour
             )
+            if not offers:
+                raise InvalidRequestError(
+                    "no offer matches the GPU, VRAM and price filters; widen --gpu, "
+                    "--min-vram-gb or --max-usd-per-hour (see `vastai-async search`)"
+                )
             timings = vast.timings
             if timeout_s is not None:
                 timings = timings.replace(overall_s=timeout_s)
@@ -386,7 +437,15 @@ def rent_cmd(
     job_id: str,
     as_json: bool,
 ) -> None:
-    """Rent one offer, wait until SSH works, keep it running and print the ssh line."""
+    """Rent one offer, wait until SSH works, keep it running and print the ssh line.
+
+    The instance is labelled as kept (reap spares it), with your --label readable in it.
+
+    \b
+    Example:
+      vastai-async rent --offer 123456 --image pytorch/pytorch --env HF_TOKEN=... \\
+          --port 8080 --port 53/udp --disk 100 --label "notebook"
+    """
     env = _parse_env(env_pairs)
     state = _state(ctx)
 
@@ -444,7 +503,13 @@ def _print_winner(rental: Any, progress: ProgressPrinter, *, kept: bool, as_json
 @click.option("--exec", "do_exec", is_flag=True, help="Run ssh instead of printing the line.")
 @click.pass_context
 def ssh_cmd(ctx: click.Context, instance_id: int, do_exec: bool) -> None:
-    """Print (or exec) the ssh line for an instance, with its pinned host key."""
+    """Print (or exec) the ssh line for an instance, with its pinned host key.
+
+    \b
+    Examples:
+      vastai-async ssh 4242            # prints: ssh -i KEY -p PORT -o ... root@HOST
+      vastai-async ssh 4242 --exec     # logs in
+    """
 
     async def run() -> str:
         async with make_service(ctx) as vast:
@@ -465,7 +530,14 @@ def ssh_cmd(ctx: click.Context, instance_id: int, do_exec: bool) -> None:
 @click.argument("command")
 @click.pass_context
 def run_cmd(ctx: click.Context, instance_id: int, command: str) -> None:
-    """Run a command on a rental over SSH (pinned host key) and print its output."""
+    """Run a command on a rental over SSH (pinned host key) and print its output.
+
+    Exits with the remote command's exit status.
+
+    \b
+    Example:
+      vastai-async run 4242 'nvidia-smi -L'
+    """
 
     async def run() -> int:
         async with make_service(ctx) as vast:
@@ -481,7 +553,9 @@ def run_cmd(ctx: click.Context, instance_id: int, command: str) -> None:
 
 @cli.command("logs")
 @click.argument("instance_id", type=int)
-@click.option("--tail", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option(
+    "--tail", type=click.IntRange(min=1), default=1000, show_default=True, help="Last N lines."
+)
 @click.pass_context
 def logs_cmd(ctx: click.Context, instance_id: int, tail: int) -> None:
     """Print an instance's container logs."""

@@ -42,10 +42,12 @@ class ProgressPrinter:
 
     Args:
         live: redraw a table in place (a terminal); otherwise print one plain line per event.
+        err: write to stderr (the default, so stdout stays for results); ``False`` for stdout.
     """
 
-    def __init__(self, *, live: bool) -> None:
+    def __init__(self, *, live: bool, err: bool = True) -> None:
         self._live_mode = live
+        self._err = err
         self._rows: dict[int, _Row] = {}
         self._by_instance: dict[int, _Row] = {}
         self._spend = 0.0
@@ -56,7 +58,11 @@ class ProgressPrinter:
             from rich.console import Console
             from rich.live import Live
 
-            self._live = Live(self._table(), console=Console(file=sys.stderr), transient=False)
+            self._live = Live(
+                self._table(),
+                console=Console(file=sys.stderr if self._err else sys.stdout),
+                transient=False,
+            )
             self._live.__enter__()
         return self
 
@@ -87,7 +93,7 @@ class ProgressPrinter:
         if self._live is not None:
             self._live.update(self._table())
         elif line:
-            click.echo(line, err=True)
+            click.echo(line, err=self._err)
 
     def _apply(self, event: Event) -> str | None:
         if isinstance(event, CandidateChosen):
@@ -111,7 +117,7 @@ class ProgressPrinter:
             row = self._by_instance.get(event.instance_id)
             if row is not None:
                 row.status = event.new or "created"
-            return f"instance {event.instance_id}: {event.old} -> {event.new}"
+            return f"instance {event.instance_id}: {event.old or 'new'} -> {event.new or '?'}"
         if isinstance(event, ProbeAttempt):
             row = self._by_instance.get(event.instance_id)
             if row is not None:

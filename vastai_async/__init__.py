@@ -1,10 +1,14 @@
-"""vastai_async: an asyncio-native SDK for renting Vast.ai GPU machines."""
+"""vastai_async: an asyncio-native SDK for renting Vast.ai GPU machines.
+
+Light names (errors, timings, pacing) are imported eagerly; everything else on first use, so
+``import vastai_async`` and the ``vastai-async`` command start fast.
+"""
 
 from __future__ import annotations
 
-from vastai_async._sandbox_link import sandbox_config
-from vastai_async.client import VastAIClient
-from vastai_async.config import VastAIConfig, generate_ssh_keypair, get_vastai_config
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from vastai_async.errors import (
     APIConnectionError,
     APIError,
@@ -33,30 +37,111 @@ from vastai_async.errors import (
     TeardownError,
     VastAIError,
 )
-from vastai_async.events import Event
-from vastai_async.models import (
-    CreateInstanceRequest,
-    CreateInstanceResponse,
-    Instance,
-    InstanceStatus,
-    Offer,
-    RentalInfo,
-    SSHEndpoint,
-    SSHKey,
-    Template,
-    User,
+from vastai_async.pacing import (
+    DEFAULT_MIN_INTERVALS,
+    Pacing,
 )
-from vastai_async.pacing import DEFAULT_MIN_INTERVALS, Pacing
-from vastai_async.provider import AsyncComputeProvider, ReapReport, RentalSummary
-from vastai_async.provisioning import AttemptRecord
-from vastai_async.query import OfferQuery, parse_cli_query
-from vastai_async.rental import Rental
-from vastai_async.service import VastAIService
-from vastai_async.session import VastAISession
-from vastai_async.ssh import CommandResult
-from vastai_async.timings import Timings
+from vastai_async.timings import (
+    Timings,
+)
+
+if TYPE_CHECKING:
+    from vastai_async._sandbox_link import (
+        sandbox_config,
+    )
+    from vastai_async.client import (
+        VastAIClient,
+    )
+    from vastai_async.config import (
+        VastAIConfig,
+        generate_ssh_keypair,
+        get_vastai_config,
+    )
+    from vastai_async.events import (
+        Event,
+    )
+    from vastai_async.models import (
+        CreateInstanceRequest,
+        CreateInstanceResponse,
+        Instance,
+        InstanceStatus,
+        Offer,
+        RentalInfo,
+        SSHEndpoint,
+        SSHKey,
+        Template,
+        User,
+    )
+    from vastai_async.provider import (
+        AsyncComputeProvider,
+        ReapReport,
+        RentalSummary,
+    )
+    from vastai_async.provisioning import (
+        AttemptRecord,
+    )
+    from vastai_async.query import (
+        OfferQuery,
+        parse_cli_query,
+    )
+    from vastai_async.rental import (
+        Rental,
+    )
+    from vastai_async.service import (
+        VastAIService,
+    )
+    from vastai_async.session import (
+        VastAISession,
+    )
+    from vastai_async.ssh import (
+        CommandResult,
+    )
 
 __version__ = "0.1.0"
+
+#: Public name -> module that defines it, imported on first attribute access.
+_LAZY: dict[str, str] = {
+    "AsyncComputeProvider": "vastai_async.provider",
+    "AttemptRecord": "vastai_async.provisioning",
+    "CommandResult": "vastai_async.ssh",
+    "CreateInstanceRequest": "vastai_async.models",
+    "CreateInstanceResponse": "vastai_async.models",
+    "Event": "vastai_async.events",
+    "Instance": "vastai_async.models",
+    "InstanceStatus": "vastai_async.models",
+    "Offer": "vastai_async.models",
+    "OfferQuery": "vastai_async.query",
+    "ReapReport": "vastai_async.provider",
+    "Rental": "vastai_async.rental",
+    "RentalInfo": "vastai_async.models",
+    "RentalSummary": "vastai_async.provider",
+    "SSHEndpoint": "vastai_async.models",
+    "SSHKey": "vastai_async.models",
+    "Template": "vastai_async.models",
+    "User": "vastai_async.models",
+    "VastAIClient": "vastai_async.client",
+    "VastAIConfig": "vastai_async.config",
+    "VastAIService": "vastai_async.service",
+    "VastAISession": "vastai_async.session",
+    "generate_ssh_keypair": "vastai_async.config",
+    "get_vastai_config": "vastai_async.config",
+    "parse_cli_query": "vastai_async.query",
+    "sandbox_config": "vastai_async._sandbox_link",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vastai_async' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "DEFAULT_MIN_INTERVALS",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from vastai_async.cli._app import CLIState
-from vastai_async.service import VastAIService
+
+if TYPE_CHECKING:
+    from vastai_async.service import VastAIService
 
 
 def make_service(ctx: click.Context) -> VastAIService:
@@ -16,6 +20,7 @@ def make_service(ctx: click.Context) -> VastAIService:
     """
     from vastai_async._sandbox_link import read_sandbox_record, sandbox_config
     from vastai_async.config import get_vastai_config
+    from vastai_async.service import VastAIService
 
     state = ctx.find_object(CLIState)
     assert state is not None

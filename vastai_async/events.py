@@ -132,7 +132,10 @@ class WinnerChosen(Event):
 
 @attrs.frozen(kw_only=True)
 class InstanceDestroyed(Event):
-    """A candidate (loser, failed, or everything on teardown) was confirmed destroyed."""
+    """Vast accepted the destroy of a candidate (loser, failed, or at teardown).
+
+    Teardown then confirms with a listing that it is gone before the race returns.
+    """
 
     instance_id: int
     reason: str

@@ -40,3 +40,22 @@ def docs(session: nox.Session) -> None:
     # Build outside the work tree by default so a check leaves nothing behind.
     site_dir = session.posargs[0] if session.posargs else f"{session.create_tmp()}/site"
     session.run("mkdocs", "build", "--strict", "--site-dir", site_dir, env=env)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Sandbox benchmarks (< 10 min on 2 cores): bench-results.json, docs table, plot."""
+    session.install("-e", ".[bench]")
+    # The official client gets its own venv (/tmp/vastai-bench-venv), built by the benchmark.
+    session.run(
+        "python",
+        "-m",
+        "tests.benchmarks.run",
+        "--out",
+        "bench-results.json",
+        "--markdown",
+        "docs/benchmarks.md",
+        "--plot",
+        "docs/img/benchmarks.png",
+        *session.posargs,
+    )

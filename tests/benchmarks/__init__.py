@@ -1,0 +1,1 @@
+"""Benchmarks on the sandbox (``python -m tests.benchmarks.run``); not collected by pytest."""

@@ -120,6 +120,13 @@ class SSHSessionRecord:
     command: str | None = None
 
 
+def _discard_accepted(fut: asyncio.Future[tuple[socket.socket, Any]]) -> None:
+    if fut.cancelled():
+        return
+    if fut.exception() is None:  # reading it marks an error as retrieved
+        fut.result()[0].close()
+
+
 class InstanceSSHServer:
     """The SSH face of one sandbox instance (see the module docstring).
 
@@ -274,7 +281,12 @@ class InstanceSSHServer:
         tasks = [*self._accept_tasks, *self._serve_tasks]
         for task in tasks:
             task.cancel()
+        loop = asyncio.get_running_loop()
         for lsock in self._listeners.values():
+            # A cancelled sock_accept drops its epoll registration only on a later loop turn;
+            # closing first leaves it stale, and the next socket that reuses the fd number in
+            # this loop fails with ENOENT (seen as "SSH connect failed: FileNotFoundError").
+            loop.remove_reader(lsock.fileno())
             lsock.close()
         for held in self._held:
             held.close()
@@ -361,25 +373,40 @@ class InstanceSSHServer:
 
     async def _accept(self, lsock: socket.socket, *, watch_faults: bool) -> socket.socket | None:
         """Accept one connection; ``None`` when the faults changed first (direct port only)."""
+        # Not loop.sock_accept: a task cancelled (by stop()) just as its accept completed drops
+        # the accepted socket unclosed. Here accept() runs in our own step, so a cancellation can
+        # only land while nothing is held.
         loop = asyncio.get_running_loop()
-        if not watch_faults:
-            conn_sock, _ = await loop.sock_accept(lsock)
-            return conn_sock
-        # The direct port must notice a firewall switched on while it waits, before any client.
         faults = self._faults
-        _changed(faults).clear()
-        accept = asyncio.ensure_future(loop.sock_accept(lsock))
-        changed = asyncio.ensure_future(_changed(faults).wait())
-        try:
-            await asyncio.wait({accept, changed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            changed.cancel()
-            if not accept.done():
-                accept.cancel()
-        if accept.cancelled() or not accept.done():
-            return None
-        conn_sock, _ = accept.result()
-        return conn_sock
+        if watch_faults:
+            # The direct port must notice a firewall switched on while it waits.
+            _changed(faults).clear()
+        while True:
+            try:
+                conn_sock, _ = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                pass
+            else:
+                conn_sock.setblocking(False)
+                return conn_sock
+            fd = lsock.fileno()
+            readable = loop.create_future()
+            loop.add_reader(fd, _resolve, readable)
+            changed = asyncio.ensure_future(_changed(faults).wait()) if watch_faults else None
+            try:
+                await asyncio.wait(
+                    {readable} if changed is None else {readable, changed},
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                if changed is not None:
+                    changed.cancel()
+                # stop() unregisters and closes the listener itself; a closed socket reports -1,
+                # and its old fd number may already belong to someone else.
+                if lsock.fileno() == fd:
+                    loop.remove_reader(fd)
+            if not readable.done():
+                return None  # the faults changed first
 
     async def _fill_queue(self, lsock: socket.socket) -> socket.socket:
         # A listener with backlog 0 and one queued connection drops further SYNs, so a client's
@@ -565,6 +592,12 @@ class InstanceSSHServer:
                 continue
             out.append(path.read_text(errors="replace"))
         return "".join(out), "".join(err), 1 if err else 0
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    """Reader callback of ``_accept``: the listener is readable."""
+    if not future.done():
+        future.set_result(None)
 
 
 def _sleep_seconds(command: str) -> float:

@@ -59,3 +59,11 @@ def bench(session: nox.Session) -> None:
         "docs/img/benchmarks.png",
         *session.posargs,
     )
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """Hundreds of seeded fault combinations and cancellation cuts; prints the summary table."""
+    session.install("-e", ".[dev]")
+    args = session.posargs or ["--runs", "300", "--seed", "0"]
+    session.run("python", "-m", "tests.reliability.chaos", *args)

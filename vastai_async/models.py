@@ -47,6 +47,9 @@ MAX_ONSTART_CHARS: Final = 4048
 MAX_LABEL_CHARS: Final = 1024
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# A lenient docker reference: no whitespace or option-like leading dash (Vast's own default
+# "vastai/base-image:@vastai-automatic-tag" is no strict reference, so the grammar is loose).
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}\Z")
 _PORT_SPEC = re.compile(r"(\d{1,5})(?:/(tcp|udp))?\Z")
 _WIRE_PORT_KEY = re.compile(r"-p (\d{1,5}):(\d{1,5})(?:/(tcp|udp))?\Z")
 
@@ -340,6 +343,10 @@ def _check_request(req: CreateInstanceRequest) -> None:
     # Fail before anything is sent or billed; messages never quote values (env may hold secrets).
     if not req.image and not req.template_hash_id:
         raise InvalidRequestError("an image or a template_hash_id is required")
+    if req.image is not None and not _IMAGE.match(req.image):
+        raise InvalidRequestError(
+            f"image {req.image[:80]!r} is not a docker image reference (e.g. 'ubuntu:22.04')"
+        )
     for key in req.env:
         if not _ENV_NAME.match(key):
             raise InvalidRequestError(

@@ -24,8 +24,10 @@ from vastai_async._logging import get_logger
 from vastai_async._poller import InstancePoller
 from vastai_async._teardown import run_uncancellable
 from vastai_async.errors import (
+    AuthenticationError,
     CreateOutcomeUnknownError,
     OfferUnavailableError,
+    PermissionDeniedError,
     ProvisioningError,
     TeardownError,
     VastAIError,
@@ -244,8 +246,17 @@ class Race:
         self._pending_creates: set[asyncio.Task[CreateInstanceResponse]] = set()
         self._attempts: list[AttemptRecord] = []
         self._winner: _Win | None = None
+        #: Creates whose answer was lost (the server may still carry them out after teardown),
+        #: and the monotonic time the last of them failed.
+        self.unknown_creates = 0
+        self.last_unknown_create_at: float | None = None
 
     # -- public ---------------------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        """The label of every instance this race creates."""
+        return self._label
 
     @property
     def live_instance_ids(self) -> list[int]:
@@ -396,7 +407,7 @@ class Race:
             # flight, it still completes and teardown learns the id instead of leaking it.
             task = asyncio.create_task(self._client.create_instance(offer.id, self._request))
             self._pending_creates.add(task)
-            task.add_done_callback(self._pending_creates.discard)
+            task.add_done_callback(self._create_done)
             try:
                 response = await asyncio.shield(task)
             except OfferUnavailableError as err:
@@ -419,6 +430,15 @@ class Race:
             await self._emit(InstanceCreated, offer_id=offer.id, instance_id=instance_id)
             return instance_id
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _create_done(self, task: asyncio.Task[CreateInstanceResponse]) -> None:
+        self._pending_creates.discard(task)
+        # A create abandoned by its cancelled candidate (shield drops its callback) may still
+        # fail: read its outcome so it is not reported as a task exception never retrieved.
+        # Any instance it made is found by label (teardown, late sweep).
+        if not task.cancelled() and isinstance(task.exception(), CreateOutcomeUnknownError):
+            self.unknown_creates += 1
+            self.last_unknown_create_at = time.monotonic()
 
     async def _find_by_label_for(self, cand: _Candidate) -> int | None:
         found = await self._list(label=self._label)
@@ -574,29 +594,63 @@ class Race:
 
     async def _teardown(self, *, keep: int | None) -> None:
         budget = self._timings.teardown_budget_s
+        last_error: VastAIError | None = None
         try:
             async with asyncio.timeout(budget):
-                if self._pending_creates:
-                    # Creates still in flight: let them answer so we learn their ids.
-                    await asyncio.wait(set(self._pending_creates))
-                losers = [i for i in self._created if i != keep]
-                if losers:
-                    await self._destroy(losers, reason="teardown")
-                # Anything our label names that we never heard of (a lost create answer).
-                for inst in await self._list(label=self._label):
-                    if inst.id != keep and inst.id not in self._created:
-                        self._created[inst.id] = None
-                        await self._destroy([inst.id], reason="found by label at teardown")
-                await self._confirm_gone(keep)
+                while True:
+                    try:
+                        await self._teardown_once(keep)
+                        return
+                    except (AuthenticationError, PermissionDeniedError) as err:
+                        live = [i for i in self._created if i != keep]
+                        raise TeardownError(f"teardown failed: {err}", instance_ids=live) from err
+                    except VastAIError as err:
+                        # A 500 or a dropped answer on one destroy or list must not end the
+                        # teardown (and leave machines billing): try again within the budget.
+                        last_error = err
+                        self._log.warning("teardown step failed, retrying: %s", err)
+                        await asyncio.sleep(self._timings.poll_interval_s)
         except TimeoutError:
             live = [i for i in self._created if i != keep]
+            why = f" (last error: {last_error})" if last_error is not None else ""
             raise TeardownError(
-                f"teardown did not confirm every instance destroyed within {budget:g} s",
+                f"teardown did not confirm every instance destroyed within {budget:g} s{why}",
                 instance_ids=live,
-            ) from None
-        except VastAIError as err:
-            live = [i for i in self._created if i != keep]
-            raise TeardownError(f"teardown failed: {err}", instance_ids=live) from err
+            ) from last_error
+
+    async def sweep_late(self, *, keep: int | None, window_s: float) -> None:
+        """Destroy instances carrying this race's label (except ``keep``) for ``window_s``.
+
+        A create whose answer was lost (a client timeout) may be carried out by the server
+        after the race's teardown swept the label: it would bill unseen. Run this after such a
+        race; it never raises.
+        """
+        deadline = time.monotonic() + window_s
+        while True:
+            try:
+                for inst in await self._list(label=self._label):
+                    if inst.id != keep:
+                        self._created[inst.id] = None
+                        await self._destroy([inst.id], reason="late create found by label")
+            except VastAIError as err:
+                self._log.warning("late sweep of label %s failed: %s", self._label, err)
+            if time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(self._timings.poll_interval_s)
+
+    async def _teardown_once(self, keep: int | None) -> None:
+        if self._pending_creates:
+            # Creates still in flight: let them answer so we learn their ids.
+            await asyncio.wait(set(self._pending_creates))
+        losers = [i for i in self._created if i != keep]
+        if losers:
+            await self._destroy(losers, reason="teardown")
+        # Anything our label names that we never heard of (a lost create answer).
+        for inst in await self._list(label=self._label):
+            if inst.id != keep and inst.id not in self._created:
+                self._created[inst.id] = None
+                await self._destroy([inst.id], reason="found by label at teardown")
+        await self._confirm_gone(keep)
 
     async def _confirm_gone(self, keep: int | None) -> None:
         while True:

@@ -28,11 +28,14 @@ from vastai_async._teardown import run_uncancellable
 from vastai_async.client import VastAIClient
 from vastai_async.config import VastAIConfig, get_vastai_config
 from vastai_async.errors import (
+    AuthenticationError,
     InvalidRequestError,
     NotFoundError,
     OfferUnavailableError,
+    PermissionDeniedError,
     SSHError,
     TeardownError,
+    VastAIError,
 )
 from vastai_async.events import EventCallback, EventEmitter
 from vastai_async.known_hosts import KnownHostsStore
@@ -85,6 +88,7 @@ class VastAIService(AsyncComputeProvider):
         self._poller: InstancePoller | None = None
         self._claimed_offers: set[int] = set()
         self._races: set[Race] = set()
+        self._late_sweeps: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -95,7 +99,10 @@ class VastAIService(AsyncComputeProvider):
         return self
 
     async def close(self) -> None:
-        """Stop the poller and close the HTTP session (idempotent).
+        """Finish late sweeps, stop the poller and close the HTTP session (idempotent).
+
+        A race that lost a create's answer sweeps its label in the background for a while
+        (twice the request timeout); closing waits for those sweeps up to the teardown budget.
 
         Live rentals are not destroyed by closing; races in flight are torn down by their own
         cancellation.
@@ -103,6 +110,15 @@ class VastAIService(AsyncComputeProvider):
         if self._closed:
             return
         self._closed = True
+        if self._late_sweeps:
+            # A late create must not outlive the service unseen, but closing is bounded by the
+            # teardown budget; past it the label is logged for ``reap``.
+            sweeps = set(self._late_sweeps)
+            _, pending = await asyncio.wait(sweeps, timeout=self.timings.teardown_budget_s)
+            for task in pending:
+                self._log.warning("stopping a late sweep at close (%s): run reap", task.get_name())
+                task.cancel()
+            await asyncio.gather(*sweeps, return_exceptions=True)
         if self._poller is not None:
             await self._poller.close()
         await self._session.close()
@@ -231,7 +247,9 @@ class VastAIService(AsyncComputeProvider):
             raise InvalidRequestError("max_spend_usd must be a positive number")
         if sum(x is not None for x in (offer_id, offers, query)) > 1:
             raise InvalidRequestError("give at most one of offer_id, offers, query")
-        candidates = await self._candidates(offer_id=offer_id, offers=offers, query=query)
+        candidates = await self._candidates(
+            offer_id=offer_id, offers=offers, query=query, disk_gb=request.disk_gb
+        )
         race_timings = timings if timings is not None else self.timings
         client_key = self._key()
         race_id = new_race_id()
@@ -255,10 +273,14 @@ class VastAIService(AsyncComputeProvider):
             logger=self._log,
         )
         self._races.add(race)
+        keep: int | None = None
         try:
             result = await race.run()
+            keep = result.instance_id
         finally:
             self._races.discard(race)
+            if race.unknown_creates:
+                self._sweep_late(race, keep)
         try:
             self.known_hosts.pin(
                 result.instance_id, result.endpoint.host, result.endpoint.port, result.host_key
@@ -280,6 +302,19 @@ class VastAIService(AsyncComputeProvider):
             ready_at=result.ready_at,
         )
         return self._rental(info, client_key)
+
+    def _sweep_late(self, race: Race, keep: int | None) -> None:
+        # A create whose answer was lost may land after the race's teardown: keep sweeping its
+        # label in the background until twice our request timeout after that create failed
+        # (a server holding it that long again). ``reap`` remains the backstop.
+        failed_at = race.last_unknown_create_at or time.monotonic()
+        window = failed_at + 2 * self.timings.request_timeout_s - time.monotonic()
+        task = asyncio.create_task(
+            race.sweep_late(keep=keep, window_s=max(0.0, window)),
+            name=f"late sweep of label {race.label}",
+        )
+        self._late_sweeps.add(task)
+        task.add_done_callback(self._late_sweeps.discard)
 
     def _build_request(
         self,
@@ -326,6 +361,7 @@ class VastAIService(AsyncComputeProvider):
         offer_id: int | None,
         offers: Sequence[Offer] | None,
         query: OfferQuery | None,
+        disk_gb: float | None = None,
     ) -> list[Offer]:
         ceiling = self.config.max_bid_usd_per_hour
         if offer_id is not None:
@@ -346,7 +382,23 @@ class VastAIService(AsyncComputeProvider):
             if not candidates:
                 raise InvalidRequestError("offers is empty")
         else:
+            if disk_gb is not None:
+                # Search only machines with room for the disk we will ask for.
+                base = query if query is not None else OfferQuery.from_config(self.config)
+                if base.min_disk_gb is None or base.min_disk_gb < disk_gb:
+                    query = attrs.evolve(base, min_disk_gb=disk_gb)
             candidates = await self.search_offers(query=query)
+        if disk_gb is not None:
+            # A create asking for more disk than the machine has is refused (400): never try it.
+            small = [
+                o for o in candidates if o.disk_space_gb is not None and o.disk_space_gb < disk_gb
+            ]
+            if small and len(small) == len(candidates):
+                raise InvalidRequestError(
+                    f"every candidate has less disk than disk_gb={disk_gb:g} "
+                    f"(offers {', '.join(str(o.id) for o in small[:5])})"
+                )
+            candidates = [o for o in candidates if o not in small]
         over = [o for o in candidates if o.dph_total is not None and o.dph_total > ceiling]
         if over and len(over) == len(candidates):
             raise InvalidRequestError(
@@ -409,26 +461,46 @@ class VastAIService(AsyncComputeProvider):
     async def terminate_instance(self, instance_id: int) -> bool:
         """Destroy an instance and confirm it is gone.
 
+        Transient failures (5xx, dropped connections, malformed answers) are retried within
+        the teardown budget.
+
         Returns:
             ``True`` when this call destroyed it, ``False`` when it was already gone.
 
         Raises:
-            TeardownError: still listed after the teardown budget.
+            TeardownError: not confirmed gone within the teardown budget, or the key was refused.
         """
-        destroyed = await self.client.destroy_instance(instance_id)
         deadline = time.monotonic() + self.timings.teardown_budget_s
+        destroyed: bool | None = None
         while True:
-            listed = await self.client.list_instances(ids=[instance_id])
-            if not any(i.id == instance_id for i in listed):
-                break
-            if time.monotonic() >= deadline:
+            try:
+                answer = await self.client.destroy_instance(instance_id)
+                destroyed = answer if destroyed is None else destroyed
+                listed = await self.client.list_instances(ids=[instance_id])
+            except (AuthenticationError, PermissionDeniedError) as err:
                 raise TeardownError(
-                    f"instance {instance_id} still listed after destroy", instance_ids=[instance_id]
-                )
+                    f"cannot destroy instance {instance_id}: {err}", instance_ids=[instance_id]
+                ) from err
+            except VastAIError as err:
+                # A 500 or a lost answer must not leave the machine billing: retry within the
+                # teardown budget, as the race's own teardown does.
+                if time.monotonic() >= deadline:
+                    raise TeardownError(
+                        f"instance {instance_id} not confirmed destroyed (last error: {err})",
+                        instance_ids=[instance_id],
+                    ) from err
+                self._log.warning("destroying instance %s failed, retrying: %s", instance_id, err)
+            else:
+                if not any(i.id == instance_id for i in listed):
+                    break
+                if time.monotonic() >= deadline:
+                    raise TeardownError(
+                        f"instance {instance_id} still listed after destroy",
+                        instance_ids=[instance_id],
+                    )
             await asyncio.sleep(self.timings.poll_interval_s)
-            await self.client.destroy_instance(instance_id)
         self.known_hosts.remove(instance_id)
-        return destroyed
+        return bool(destroyed)
 
     async def get_rental(self, instance_id: int) -> Rental:
         """Rebuild a :class:`Rental` for an instance of ours from its pinned host key.

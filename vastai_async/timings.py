@@ -11,12 +11,15 @@ from typing import ClassVar
 
 import attrs
 
+from vastai_async.errors import InvalidRequestError
+
 __all__ = ["Timings"]
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+    # InvalidRequestError is a ValueError too: every error the SDK raises is a VastAIError.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidRequestError(f"{attribute.name} must be a number > 0, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -73,14 +76,18 @@ class Timings:
             factor: the sandbox's ``time_scale`` (0.05 turns a 90 s boot into 4.5 s).
 
         Raises:
-            ValueError: when ``factor`` is not positive.
+            InvalidRequestError: when ``factor`` is not positive.
         """
         if not factor > 0:
-            raise ValueError(f"scale factor must be > 0, got {factor!r}")
+            raise InvalidRequestError(f"scale factor must be > 0, got {factor!r}")
         return attrs.evolve(
             self, **{name: getattr(self, name) * factor for name in self.CLOUD_FIELDS}
         )
 
     def replace(self, **changes: float) -> Timings:
-        """Return a copy with some fields changed (validated)."""
+        """Return a copy with some fields changed (validated).
+
+        Raises:
+            InvalidRequestError: a value is not a number > 0.
+        """
         return attrs.evolve(self, **changes)

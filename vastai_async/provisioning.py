@@ -645,8 +645,15 @@ class Race:
         losers = [i for i in self._created if i != keep]
         if losers:
             await self._destroy(losers, reason="teardown")
-        # Anything our label names that we never heard of (a lost create answer).
-        for inst in await self._list(label=self._label):
+        # One label listing serves twice: it sweeps what we never heard of (a lost create
+        # answer), and it is the first confirmation for the losers, since every instance of
+        # this race carries the race's label. Saves one paced list call per teardown.
+        listed = await self._list(label=self._label)
+        listed_ids = {inst.id for inst in listed}
+        for instance_id in losers:
+            if instance_id not in listed_ids:
+                self._created.pop(instance_id, None)
+        for inst in listed:
             if inst.id != keep and inst.id not in self._created:
                 self._created[inst.id] = None
                 await self._destroy([inst.id], reason="found by label at teardown")

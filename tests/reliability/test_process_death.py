@@ -84,7 +84,8 @@ async def _child(sb: Sandbox, env: dict[str, str], mode: str) -> asyncio.subproc
     )
 
 
-@pytest.mark.parametrize("after_delete", [0, 1, 2])
+# The child's teardown is a bulk DELETE then one label listing: cut at each of them.
+@pytest.mark.parametrize("after_delete", [0, 1])
 async def test_sigkill_during_teardown_then_reap_in_a_new_process_destroys_all_of_the_dead_owner(
     vastai_service: VastAIService, vastai_sandbox: Sandbox, tmp_path: Path, after_delete: int
 ) -> None:

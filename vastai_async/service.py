@@ -22,8 +22,9 @@ import asyncssh
 import attrs
 
 from vastai_async._logging import get_logger
-from vastai_async._owners import owner_is_dead
 from vastai_async._poller import InstancePoller
+from vastai_async._reaping import plan_reap
+from vastai_async._requests import build_create_request
 from vastai_async._teardown import run_uncancellable
 from vastai_async.client import VastAIClient
 from vastai_async.config import VastAIConfig, get_vastai_config
@@ -40,7 +41,7 @@ from vastai_async.errors import (
 from vastai_async.events import EventCallback, EventEmitter
 from vastai_async.known_hosts import KnownHostsStore
 from vastai_async.labels import parse_label, race_label, validate_id
-from vastai_async.models import CreateInstanceRequest, Instance, Offer, RentalInfo, SSHEndpoint
+from vastai_async.models import Instance, Offer, RentalInfo, SSHEndpoint
 from vastai_async.provider import AsyncComputeProvider, ReapReport, RentalSummary
 from vastai_async.provisioning import ProbeOutcome, Race, new_race_id
 from vastai_async.query import OfferQuery
@@ -232,7 +233,8 @@ class VastAIService(AsyncComputeProvider):
             TeardownError: cleanup could not confirm every instance destroyed in its budget.
         """
         validate_id("job_id", job_id)
-        request = self._build_request(
+        request = build_create_request(
+            self.config,
             image=image,
             template=template,
             extra_env=extra_env,
@@ -315,45 +317,6 @@ class VastAIService(AsyncComputeProvider):
         )
         self._late_sweeps.add(task)
         task.add_done_callback(self._late_sweeps.discard)
-
-    def _build_request(
-        self,
-        *,
-        image: str | None,
-        template: str | None,
-        extra_env: Mapping[str, str] | None,
-        ports: Sequence[str] | None,
-        onstart_cmd: str | None,
-        disk_gb: float | None,
-        bid_usd_per_hour: float | None,
-    ) -> CreateInstanceRequest:
-        config = self.config
-        if template is not None and config.template_ids and template not in config.template_ids:
-            raise InvalidRequestError(f"template {template!r} is not in VASTAI_TEMPLATE_IDS")
-        if bid_usd_per_hour is not None:
-            if not (math.isfinite(bid_usd_per_hour) and bid_usd_per_hour > 0):
-                raise InvalidRequestError("bid_usd_per_hour must be a positive number or None")
-            if bid_usd_per_hour > config.max_bid_usd_per_hour:
-                raise InvalidRequestError(
-                    f"bid_usd_per_hour {bid_usd_per_hour:g} is above the ceiling "
-                    f"VASTAI_MAX_BID_PER_HOUR={config.max_bid_usd_per_hour:g}"
-                )
-        if extra_env is not None and any(not isinstance(v, str) for v in extra_env.values()):
-            raise InvalidRequestError("extra_env values must be strings")
-        if extra_env is not None and any(v == config.api_key for v in extra_env.values()):
-            # The account key must never be written onto a rented machine.
-            raise InvalidRequestError("extra_env must not contain the Vast.ai API key")
-        if onstart_cmd is not None and config.api_key in onstart_cmd:
-            raise InvalidRequestError("onstart_cmd must not contain the Vast.ai API key")
-        return CreateInstanceRequest(
-            image=image if image is not None else (None if template else config.default_image),
-            env=dict(extra_env or {}),
-            ports=tuple(ports or ()),
-            price=bid_usd_per_hour,
-            disk_gb=disk_gb if disk_gb is not None else config.default_disk_gb,
-            onstart=onstart_cmd,
-            template_hash_id=template,
-        )
 
     async def _candidates(
         self,
@@ -646,42 +609,18 @@ class VastAIService(AsyncComputeProvider):
             validate_id("owner", owner)
         if older_than_s is not None and not older_than_s >= 0:
             raise InvalidRequestError("older_than_s must be >= 0")
-        live = set(self.live_instance_ids())
-        now = time.time()
-        destroyed: list[tuple[int, str]] = []
-        spared: list[tuple[int, str]] = []
-        for item in await self.client.list_instances():
-            parsed = parse_label(item.label)
-            if parsed is None:
-                spared.append((item.id, "not a vastai-async label"))
-                continue
-            if parsed.kept:
-                spared.append((item.id, "kept on purpose"))
-                continue
-            if item.id in live:
-                spared.append((item.id, "in a live race of this service"))
-                continue
-            reason = None
-            if job_id is not None and parsed.job_id == job_id:
-                reason = f"job {job_id}"
-            elif owner is not None and parsed.owner == owner:
-                reason = f"owner {owner}"
-            elif parsed.owner is not None and owner_is_dead(parsed.owner):
-                reason = f"owner {parsed.owner} is dead"
-            elif (
-                older_than_s is not None
-                and item.start_date is not None
-                and now - item.start_date > older_than_s
-            ):
-                reason = f"older than {older_than_s:g} s"
-            if reason is None:
-                spared.append((item.id, f"owner {parsed.owner} alive or unknown, not named"))
-                continue
-            destroyed.append((item.id, reason))
+        report = plan_reap(
+            await self.client.list_instances(),
+            job_id=job_id,
+            owner=owner,
+            older_than_s=older_than_s,
+            live=set(self.live_instance_ids()),
+            now=time.time(),
+        )
         if not dry_run:
-            for instance_id, _ in destroyed:
+            for instance_id, _ in report.destroyed:
                 await self.terminate_instance(instance_id)
-        return ReapReport(destroyed=tuple(destroyed), spared=tuple(spared))
+        return report
 
 
 def _summary(inst: Instance, job_id: str, owner: str | None, kept: bool) -> RentalSummary:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import click
@@ -20,6 +20,10 @@ from vastai_async.cli._output import print_json, print_table
 from vastai_async.cli._progress import ProgressPrinter
 from vastai_async.cli._setup import make_service
 from vastai_async.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from vastai_async.rental import Rental
+    from vastai_async.service import VastAIService
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
@@ -392,26 +396,23 @@ def provision_cmd(
                     "no offer matches the GPU, VRAM and price filters; widen --gpu, "
                     "--min-vram-gb or --max-usd-per-hour (see `vastai-async search`)"
                 )
-            timings = vast.timings
-            if timeout_s is not None:
-                timings = timings.replace(overall_s=timeout_s)
-            with progress:
-                rental = await vast.provision_instance(
-                    job_id=job_id,
-                    offers=offers,
-                    image=image,
-                    extra_env=env,
-                    ports=ports,
-                    onstart_cmd=onstart,
-                    disk_gb=disk_gb,
-                    fan_out=fan_out,
-                    timings=timings,
-                    on_event=progress.on_event,
-                )
-            if keep:
-                await rental.detach()
-            else:
-                await rental.terminate()
+            rental = await _provision(
+                vast,
+                progress,
+                timeout_s,
+                job_id=job_id,
+                offers=offers,
+                image=image,
+                extra_env=env,
+                ports=ports,
+                onstart_cmd=onstart,
+                disk_gb=disk_gb,
+                fan_out=fan_out,
+            )
+            # Inside ``async with``: if keeping fails, the machine is destroyed, not lost.
+            async with rental:
+                if keep:
+                    await rental.detach()
         _print_winner(rental, progress, kept=keep, as_json=as_json)
 
     run_command(ctx, run)
@@ -453,26 +454,36 @@ def rent_cmd(
         progress = ProgressPrinter(live=sys.stderr.isatty() and not as_json)
         async with make_service(ctx) as vast:
             state.live_instance_ids = vast.live_instance_ids
-            timings = vast.timings
-            if timeout_s is not None:
-                timings = timings.replace(overall_s=timeout_s)
-            with progress:
-                rental = await vast.provision_instance(
-                    job_id=job_id,
-                    offer_id=offer_id,
-                    image=image,
-                    extra_env=env,
-                    ports=ports,
-                    onstart_cmd=onstart,
-                    disk_gb=disk_gb,
-                    fan_out=1,
-                    timings=timings,
-                    on_event=progress.on_event,
-                )
-            await rental.detach(label)
+            rental = await _provision(
+                vast,
+                progress,
+                timeout_s,
+                job_id=job_id,
+                offer_id=offer_id,
+                image=image,
+                extra_env=env,
+                ports=ports,
+                onstart_cmd=onstart,
+                disk_gb=disk_gb,
+                fan_out=1,
+            )
+            # Inside ``async with``: if keeping fails, the machine is destroyed, not lost.
+            async with rental:
+                await rental.detach(label)
         _print_winner(rental, progress, kept=True, as_json=as_json)
 
     run_command(ctx, run)
+
+
+async def _provision(
+    vast: VastAIService, progress: ProgressPrinter, timeout_s: float | None, **kwargs: Any
+) -> Rental:
+    """``provision_instance`` with live progress and the ``--timeout`` deadline."""
+    timings = vast.timings
+    if timeout_s is not None:
+        timings = timings.replace(overall_s=timeout_s)
+    with progress:
+        return await vast.provision_instance(timings=timings, on_event=progress.on_event, **kwargs)
 
 
 def _print_winner(rental: Any, progress: ProgressPrinter, *, kept: bool, as_json: bool) -> None:

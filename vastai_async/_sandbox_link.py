@@ -24,7 +24,14 @@ from vastai_async.config import (
 )
 from vastai_async.errors import ConfigError
 
-__all__ = ["SandboxRecord", "read_sandbox_record", "sandbox_config", "sandbox_key_path"]
+__all__ = [
+    "RECORD_NAME",
+    "SandboxRecord",
+    "read_sandbox_record",
+    "sandbox_config",
+    "sandbox_key_path",
+    "sandbox_record_path",
+]
 
 RECORD_NAME = "sandbox.json"
 
@@ -45,13 +52,18 @@ def _state_dir(state_dir: Path | None) -> Path:
     return Path(env).expanduser() if env else default_state_dir()
 
 
+def sandbox_record_path(state_dir: Path | None = None) -> Path:
+    """Where ``vastai-async sandbox`` records its URL and key (in the state directory)."""
+    return _state_dir(state_dir) / RECORD_NAME
+
+
 def read_sandbox_record(state_dir: Path | None = None) -> SandboxRecord:
     """The standalone sandbox recorded in the state directory.
 
     Raises:
         ConfigError: no sandbox is recorded (start one with ``vastai-async sandbox``).
     """
-    path = _state_dir(state_dir) / RECORD_NAME
+    path = sandbox_record_path(state_dir)
     try:
         data = json.loads(path.read_text())
         return SandboxRecord(

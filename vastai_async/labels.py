@@ -12,6 +12,7 @@ import re
 import attrs
 
 from vastai_async.errors import InvalidRequestError
+from vastai_async.models import MAX_LABEL_CHARS
 
 __all__ = [
     "LABEL_PREFIX",
@@ -25,7 +26,7 @@ __all__ = [
 
 LABEL_PREFIX = "vastai-async"
 KEPT = "kept"
-MAX_LABEL_LEN = 1024
+MAX_LABEL_LEN = MAX_LABEL_CHARS  # Vast's limit, defined once in models
 _ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 

@@ -23,6 +23,7 @@ import attrs
 
 from vastai_async._logging import get_logger
 from vastai_async._poller import InstancePoller
+from vastai_async._race_types import ProbeFn
 from vastai_async._reaping import plan_reap
 from vastai_async._requests import build_create_request
 from vastai_async._teardown import run_uncancellable
@@ -399,7 +400,7 @@ class VastAIService(AsyncComputeProvider):
         return self._poller
 
     @staticmethod
-    def _make_probe(client_key: asyncssh.SSHKey, timings: Timings) -> Any:
+    def _make_probe(client_key: asyncssh.SSHKey, timings: Timings) -> ProbeFn:
         async def probe_once(endpoint: SSHEndpoint) -> ProbeOutcome:
             res = await probe(
                 endpoint.host,

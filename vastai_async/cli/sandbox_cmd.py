@@ -18,17 +18,14 @@ from typing import Any
 
 import click
 
-__all__ = ["RECORD_NAME", "sandbox_cmd", "sandbox_record_path"]
-
-RECORD_NAME = "sandbox.json"
+__all__ = ["sandbox_cmd", "sandbox_record_path"]
 
 
 def sandbox_record_path() -> Path:
     """Where a standalone sandbox records its URL and key."""
-    from vastai_async.config import default_state_dir
+    from vastai_async._sandbox_link import sandbox_record_path as record_path
 
-    state = os.environ.get("VASTAI_STATE_DIR")
-    return (Path(state).expanduser() if state else default_state_dir()) / RECORD_NAME
+    return record_path()
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:

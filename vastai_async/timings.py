@@ -36,7 +36,8 @@ class Timings:
         connect_timeout_s: TCP connect + SSH handshake timeout of one probe (network; not scaled).
         login_timeout_s: SSH authentication timeout of one probe (network; not scaled).
         request_timeout_s: total timeout of one HTTP request (network; not scaled).
-        teardown_budget_s: how long teardown may take before ``TeardownError``.
+        teardown_budget_s: how long teardown may take before ``TeardownError`` (real time: its
+            HTTP calls run at network speed on the sandbox too, so it is not scaled).
     """
 
     overall_s: float = attrs.field(default=1800.0, validator=_positive)
@@ -58,7 +59,6 @@ class Timings:
         "poll_interval_s",
         "probe_interval_s",
         "probe_floor_s",
-        "teardown_budget_s",
     )
 
     @property
@@ -69,8 +69,8 @@ class Timings:
     def scaled(self, factor: float) -> Timings:
         """Return a copy whose cloud waits are multiplied by ``factor``.
 
-        Network timeouts (connect, login, request) are left alone: TCP, HTTP and SSH handshakes
-        are real even on the sandbox.
+        Network timeouts (connect, login, request) and the teardown budget are left alone: TCP,
+        HTTP and SSH handshakes are real even on the sandbox, and teardown is HTTP work.
 
         Args:
             factor: the sandbox's ``time_scale`` (0.05 turns a 90 s boot into 4.5 s).

@@ -172,7 +172,9 @@ async def test_ledger_for_a_known_timeline(sb: Sandbox, http: aiohttp.ClientSess
     await asyncio.sleep(150 * SCALE)
     await call(sb, http, "DELETE", f"/api/v0/instances/{iid}/", json={})
     (entry,) = sb.ledger()
-    tolerance_s = 0.05 / SCALE  # 50 ms of loop lag, in simulated seconds
+    # Loop lag between the boot's end and billing's start, in simulated seconds: up to 0.5 s of
+    # wall time on a saturated machine (the assertion is about the phases, not the speed).
+    tolerance_s = 0.5 / SCALE
     assert not entry["alive"]
     assert entry["running_s"] == pytest.approx(entry["lifetime_s"] - boot, abs=tolerance_s)
     assert entry["running_s"] >= 150

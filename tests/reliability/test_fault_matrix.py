@@ -12,7 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability._harness import FAULTS, Outcome, Scenario, draw_scenario, run_scenario
+from tests.reliability._harness import (
+    FAULTS,
+    Outcome,
+    Scenario,
+    draw_scenario,
+    pick_offers,
+    run_scenario,
+)
+from vastai_async import VastAIService
+from vastai_async.errors import SSHError
+from vastai_async.events import Event, WinnerChosen
+from vastai_async.sandbox import Sandbox
 
 #: Seeds of the default run; ``python -m tests.reliability.chaos`` runs hundreds.
 DEFAULT_SEEDS = range(12)
@@ -26,12 +37,13 @@ FATAL_ALONE: dict[str, str] = {
     "offer_taken_at_create": "unavailable",
     "ssh_refuse": "no SSH login",
     "ssh_hang_before_banner": "no SSH login",
+    "offline": "status offline",
+    "outbid": "stopped",
 }
 
-#: Faults a lone candidate may or may not survive: offline/outbid may strike before or after
-#: the win; a 500 is not retried by the session (only 502/503/504 are), so a 500 on the key
-#: attach ends that candidate with a typed reason.
-MAY_FAIL_ALONE = frozenset({"offline", "outbid", "server_500"})
+#: Faults a lone candidate may or may not survive: a 500 is not retried by the session (only
+#: 502/503/504 are), so a 500 on the key attach ends that candidate with a typed reason.
+MAY_FAIL_ALONE = frozenset({"server_500"})
 
 
 def assert_clean(outcome: Outcome) -> None:
@@ -87,3 +99,29 @@ async def test_seeded_fault_combinations_cancelled_at_a_request_count_leak_nothi
     outcome = await run_scenario(draw_scenario(seed, cancel=True), vastai_ssh_key, tmp_path)
     assert_clean(outcome)
     assert outcome.kind in ("success", "typed_failure", "cancelled")
+
+
+async def test_winner_whose_host_drops_after_the_win_fails_typed_naming_it_and_leaks_nothing(
+    vastai_service: VastAIService, vastai_sandbox: Sandbox
+) -> None:
+    """A login proves readiness when it happens; a host lost later is a typed error, no leak.
+
+    The drop is triggered by the ``WinnerChosen`` event, not by a delay, so the outcome does
+    not depend on the machine's speed.
+    """
+    offers = pick_offers(await vastai_service.search_offers(), 2)
+    for offer, boot in zip(offers, (10.0, 40.0), strict=True):
+        vastai_sandbox.set_boot_latency(offer.id, boot)
+
+    async def drop_winner(event: Event) -> None:
+        if isinstance(event, WinnerChosen):
+            await vastai_sandbox.host_offline(event.instance_id)
+
+    rental = await vastai_service.provision_instance(
+        job_id="drop", offers=offers, fan_out=2, on_event=drop_winner
+    )
+    async with rental:
+        with pytest.raises(SSHError) as info:
+            await rental.run("true")
+        assert info.value.instance_id == rental.instance_id
+    assert vastai_sandbox.alive_instance_ids() == set()

@@ -42,8 +42,10 @@ class LifecycleFault:
         stuck_loading: the instance stays ``loading`` forever.
         oci_error: at the end of loading the container fails: ``exited`` with an OCI status_msg.
         offline_after_s: simulated seconds after reaching running, the host goes ``offline``.
+            ``0`` strikes at the moment it would run, before its SSH server accepts anything
+            (deterministic: no login can get in first).
         outbid_after_s: simulated seconds after reaching running, an interruptible instance is
-            outbid (``stopped`` everywhere); on-demand instances ignore it.
+            outbid (``stopped`` everywhere); on-demand instances ignore it. ``0`` as above.
         times: how many rentals it hits (``None``: every rental).
     """
 

@@ -320,6 +320,10 @@ class Sandbox:
             raise ValueError(f"instance {instance_id} is on-demand; it cannot be outbid")
         await self.cloud.stop(inst, outbid=True)
 
+    async def host_offline(self, instance_id: int) -> None:
+        """The instance's host drops now: its SSH server stops and it reports ``offline``."""
+        await self.cloud.go_offline(self.cloud.instances[instance_id])
+
     async def wait_status(self, instance_id: int, status: str, *, within_s: float = 30.0) -> None:
         """Wait up to ``within_s`` wall seconds until an instance's ``actual_status`` is ``status``.
 

@@ -261,6 +261,8 @@ class Cloud:
                 inst.status_msg = OCI_ERROR
                 self._note(inst, "container exited")
                 return
+            if await self._fails_at_running(inst):
+                return
             if inst.server is not None:
                 inst.direct_port = await inst.server.start()
             inst.actual_status = "running"
@@ -287,12 +289,27 @@ class Cloud:
         after, what = min(events)
         await self.clock.sleep(after)
         if what == "outbid":
-            inst.task = None  # stop() must not cancel the task it runs in
             await self.stop(inst, outbid=True)
-            return
-        if inst.server is not None:
-            await inst.server.stop()
-            inst.server = None
+        else:
+            await self.go_offline(inst)
+
+    async def _fails_at_running(self, inst: Instance) -> bool:
+        # A fault due 0 s after running strikes before the SSH server accepts anything, so
+        # whether a login gets in first never depends on how fast the machine is.
+        fault = inst.fault
+        if fault is None:
+            return False
+        if fault.offline_after_s == 0:
+            await self.go_offline(inst)
+            return True
+        if fault.outbid_after_s == 0 and inst.bid is not None:
+            await self.stop(inst, outbid=True)
+            return True
+        return False
+
+    async def go_offline(self, inst: Instance) -> None:
+        """The host drops: SSH gone, status ``offline``, GPU billing stops."""
+        await self._halt(inst)
         inst.actual_status = "offline"
         inst.status_msg = "Host is offline"
         inst.direct_port = None

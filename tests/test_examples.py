@@ -160,7 +160,7 @@ async def test_race_offers_prints_progress_runs_the_command_and_tears_down(
     assert "$ nvidia-smi -L\nGPU 0: " in out
     assert "destroyed" in out
     assert "race spend" in out
-    assert len(created_bodies(vastai_sandbox)) == 3
+    assert len(created_bodies(vastai_sandbox)) == 3, out
     assert vastai_sandbox.alive_instance_ids() == set()
 
 

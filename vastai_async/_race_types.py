@@ -12,8 +12,6 @@ from typing import Protocol
 import attrs
 
 from vastai_async.models import (
-    CreateInstanceRequest,
-    CreateInstanceResponse,
     Instance,
     Offer,
     SSHEndpoint,
@@ -126,18 +124,10 @@ class _Win:
 
 
 class RaceClient(Protocol):
-    """What a race needs from the REST client (:class:`~vastai_async.client.VastAIClient`)."""
-
-    async def create_instance(
-        self, offer_id: int, request: CreateInstanceRequest
-    ) -> CreateInstanceResponse: ...
+    """What a race needs from the REST client besides custody (key attach, label lookups)."""
 
     async def attach_ssh_key(self, instance_id: int, public_key: str) -> object: ...
 
     async def list_instances(
         self, *, label: str | None = None, ids: Sequence[int] | None = None
     ) -> list[Instance]: ...
-
-    async def destroy_instance(self, instance_id: int) -> bool: ...
-
-    async def destroy_instances(self, instance_ids: Sequence[int]) -> object: ...

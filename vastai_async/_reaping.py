@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from vastai_async._owners import owner_is_dead
 from vastai_async.labels import parse_label
@@ -20,6 +20,7 @@ def plan_reap(
     older_than_s: float | None,
     live: set[int],
     now: float,
+    is_dead: Callable[[str], bool] = owner_is_dead,
 ) -> ReapReport:
     """Sort instances into destroy and spare, each with its reason.
 
@@ -34,6 +35,8 @@ def plan_reap(
         older_than_s: reap instances older than this.
         live: instance ids of races still running in this process.
         now: epoch seconds.
+        is_dead: the proof that an owner is dead (default: ``owner_is_dead`` without a state
+            directory, i.e. the same-PID-namespace proof only).
     """
     destroyed: list[tuple[int, str]] = []
     spared: list[tuple[int, str]] = []
@@ -53,7 +56,7 @@ def plan_reap(
             reason = f"job {job_id}"
         elif owner is not None and parsed.owner == owner:
             reason = f"owner {owner}"
-        elif parsed.owner is not None and owner_is_dead(parsed.owner):
+        elif parsed.owner is not None and is_dead(parsed.owner):
             reason = f"owner {parsed.owner} is dead"
         elif (
             older_than_s is not None
@@ -62,7 +65,13 @@ def plan_reap(
         ):
             reason = f"older than {older_than_s:g} s"
         if reason is None:
-            spared.append((item.id, f"owner {parsed.owner} alive or unknown, not named"))
+            spared.append(
+                (
+                    item.id,
+                    f"owner {parsed.owner} alive or not provably dead, not named "
+                    f"(reap it with --owner {parsed.owner})",
+                )
+            )
             continue
         destroyed.append((item.id, reason))
     return ReapReport(destroyed=tuple(destroyed), spared=tuple(spared))

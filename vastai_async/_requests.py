@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from urllib.parse import quote, quote_plus
 
 from vastai_async.config import VastAIConfig
 from vastai_async.errors import InvalidRequestError
@@ -45,11 +46,7 @@ def build_create_request(
             )
     if extra_env is not None and any(not isinstance(v, str) for v in extra_env.values()):
         raise InvalidRequestError("extra_env values must be strings")
-    if extra_env is not None and any(v == config.api_key for v in extra_env.values()):
-        # The account key must never be written onto a rented machine.
-        raise InvalidRequestError("extra_env must not contain the Vast.ai API key")
-    if onstart_cmd is not None and config.api_key in onstart_cmd:
-        raise InvalidRequestError("onstart_cmd must not contain the Vast.ai API key")
+    _refuse_api_key(config.api_key, extra_env, onstart_cmd)
     return CreateInstanceRequest(
         image=image if image is not None else (None if template else config.default_image),
         env=dict(extra_env or {}),
@@ -59,3 +56,26 @@ def build_create_request(
         onstart=onstart_cmd,
         template_hash_id=template,
     )
+
+
+def _refuse_api_key(
+    api_key: str | None, extra_env: Mapping[str, str] | None, onstart_cmd: str | None
+) -> None:
+    # The account key must never be written onto a rented machine, in any spelling a URL or a
+    # header would carry it: refuse it as a substring of every env key and value and of the
+    # onstart script (the message names where, never the key).
+    if not api_key:
+        return
+    forms = {api_key, quote(api_key, safe=""), quote_plus(api_key)}
+    places = [("onstart_cmd", onstart_cmd or "")]
+    for key, value in (extra_env or {}).items():
+        places.append((f"extra_env key {key!r}" if api_key not in key else "an extra_env key", key))
+        places.append(
+            (f"extra_env[{key!r}]" if api_key not in key else "an extra_env value", value)
+        )
+    for where, text in places:
+        if any(form in text for form in forms):
+            raise InvalidRequestError(
+                f"{where} contains the Vast.ai API key; it must never "
+                "be written onto a rented machine"
+            )

@@ -8,7 +8,7 @@ which calls are idempotent and which one may rent a machine (``kind="create"``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
@@ -117,13 +117,18 @@ class VastAIClient:
         return _converter.structure_list(_field(data, "offers", ctx), Offer, **ctx)
 
     async def create_instance(
-        self, offer_id: int, request: CreateInstanceRequest
+        self,
+        offer_id: int,
+        request: CreateInstanceRequest,
+        *,
+        before_send: Callable[[], None] | None = None,
     ) -> CreateInstanceResponse:
         """Rent an offer (``PUT /asks/{id}/``). Never retried once it may have arrived.
 
         Args:
             offer_id: the offer's ``id``.
             request: image, env, disk, label ... (sent as :meth:`CreateInstanceRequest.to_wire`).
+            before_send: see :meth:`VastAISession.request` (custody's withdrawal hook).
 
         Returns:
             The new instance id (``new_contract``) and its instance API key.
@@ -140,6 +145,7 @@ class VastAIClient:
                 json=request.to_wire(),
                 kind="create",
                 idempotent=False,
+                before_send=before_send,
             )
         except CreateOutcomeUnknownError as err:
             err.label = request.label

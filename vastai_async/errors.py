@@ -36,6 +36,7 @@ __all__ = [
     "SSHConnectError",
     "SSHError",
     "SSHTimeoutError",
+    "ServiceClosedError",
     "TeardownError",
     "VastAIError",
     "make_status_error",
@@ -350,10 +351,23 @@ class TeardownError(VastAIError):
         instance_ids: instances that may still be alive (and billing); ``reap`` finds them by label.
     """
 
-    def __init__(self, message: str, *, instance_ids: Sequence[int]) -> None:
+    def __init__(
+        self, message: str, *, instance_ids: Sequence[int], labels: Sequence[str] = ()
+    ) -> None:
         self.instance_ids: tuple[int, ...] = tuple(sorted(instance_ids))
+        #: Labels of creates still in flight or whose answer was lost: an instance carrying one
+        #: may appear later (``vastai-async reap --job-id <job>`` finds it).
+        self.labels: tuple[str, ...] = tuple(sorted(set(labels)))
         super().__init__(message)
 
     def __str__(self) -> str:
-        ids = ", ".join(str(i) for i in self.instance_ids)
-        return f"{self.args[0]} (instances possibly still alive: {ids})"
+        ids = ", ".join(str(i) for i in self.instance_ids) or "none known"
+        text = f"{self.args[0]} (instances possibly still alive: {ids}"
+        if self.labels:
+            text += f"; creates unresolved under labels: {', '.join(self.labels)}"
+        return text + ")"
+
+
+class ServiceClosedError(VastAIError):
+    """The service was closed: a provision still running was ended (its instances went to
+    custody and were destroyed), or a new call came after :meth:`VastAIService.close`."""

@@ -1,10 +1,12 @@
 """The race: rent several offers at once, keep the first proven SSH login, destroy the rest.
 
-Design.md "The race", steps 1-7. One :class:`Race` per ``provision_instance`` call; one
-:class:`InstancePoller` per service, shared by all its races. Whatever happens (a winner, a
-deadline, an exception, the caller's cancellation), every instance a race created except the
-winner is destroyed before :meth:`Race.run` returns or raises, by one teardown that the caller's
-cancellation cannot interrupt (:func:`~vastai_async._teardown.run_uncancellable`).
+Design.md "The race", steps 1-7: candidates, probes, winner, hand-over to custody. One
+:class:`Race` per ``provision_instance`` call; one :class:`InstancePoller` and one
+:class:`~vastai_async.custody.Custody` per service, shared by all its races. Every create goes
+through custody, which owns the instance until it is confirmed gone; whatever happens (a winner,
+a deadline, an exception, the caller's cancellation) the race settles with custody before
+:meth:`Race.run` returns or raises, in a step the caller's cancellation cannot interrupt
+(:func:`~vastai_async._teardown.run_uncancellable`).
 """
 
 from __future__ import annotations
@@ -33,13 +35,11 @@ from vastai_async._race_types import (
     new_race_id,
 )
 from vastai_async._teardown import run_uncancellable
+from vastai_async.custody import CreateWithdrawnError, Custody
 from vastai_async.errors import (
-    AuthenticationError,
     CreateOutcomeUnknownError,
     OfferUnavailableError,
-    PermissionDeniedError,
     ProvisioningError,
-    TeardownError,
     VastAIError,
 )
 from vastai_async.events import (
@@ -58,7 +58,6 @@ from vastai_async.events import (
 )
 from vastai_async.models import (
     CreateInstanceRequest,
-    CreateInstanceResponse,
     Instance,
     Offer,
     SSHEndpoint,
@@ -83,7 +82,8 @@ class Race:
     """One provisioning race. Build it, then ``await race.run()`` once.
 
     Args:
-        client: a :class:`~vastai_async.client.VastAIClient`.
+        client: a :class:`~vastai_async.client.VastAIClient` (key attach, label lookups).
+        custody: the service's custody: every create and destroy goes through it.
         poller: the service's shared poller.
         probe: logs into one endpoint once and says how it went.
         emitter: delivers events.
@@ -92,7 +92,8 @@ class Race:
         race_id: this race's id.
         offers: candidates in the caller's order.
         request: what to create each candidate with (``label`` is set by the race).
-        public_key: the OpenSSH public key attached to each instance.
+        public_key: the OpenSSH public key attached to each instance (``None``: the key is
+            on the account, nothing to attach).
         fan_out: how many candidates in flight at once.
         timings: deadlines and intervals.
         max_spend_usd: stop when accrued spend would pass this.
@@ -104,6 +105,7 @@ class Race:
         self,
         *,
         client: RaceClient,
+        custody: Custody,
         poller: InstancePoller,
         probe: ProbeFn,
         emitter: EventEmitter,
@@ -112,7 +114,7 @@ class Race:
         race_id: str,
         offers: Sequence[Offer],
         request: CreateInstanceRequest,
-        public_key: str,
+        public_key: str | None,
         fan_out: int,
         timings: Timings,
         max_spend_usd: float | None = None,
@@ -121,6 +123,8 @@ class Race:
         logger: logging.Logger | None = None,
     ) -> None:
         self._client = client
+        self._custody = custody
+        self._lot = custody.open_lot(label, on_gone=self._on_gone)
         self._poller = poller
         self._probe = probe
         self._emitter = emitter
@@ -137,15 +141,10 @@ class Race:
         self._release = release
         self._log = logger or _log
         self._claimed: list[Offer] = []
-        # Every instance this race made (or may have made) until confirmed destroyed.
-        self._created: dict[int, _Candidate | None] = {}
-        self._pending_creates: set[asyncio.Task[CreateInstanceResponse]] = set()
+        # Every instance this race made, until custody confirms it gone (for spend and records).
+        self._created: dict[int, _Candidate] = {}
         self._attempts: list[AttemptRecord] = []
         self._winner: _Win | None = None
-        #: Creates whose answer was lost (the server may still carry them out after teardown),
-        #: and the monotonic time the last of them failed.
-        self.unknown_creates = 0
-        self.last_unknown_create_at: float | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -164,7 +163,8 @@ class Race:
 
         Raises:
             ProvisioningError: no candidate produced a login (one record per offer tried).
-            TeardownError: cleanup could not confirm every loser destroyed within its budget.
+            TeardownError: custody could not confirm every loser destroyed within the teardown
+                budget; it names them (and labels of creates unresolved) and keeps working.
             asyncio.CancelledError: the caller cancelled; everything created was destroyed first.
         """
         await self._emit(RaceStarted, candidates=len(self._offers), fan_out=self._fan_out)
@@ -179,18 +179,21 @@ class Race:
         except BaseException as exc:
             if isinstance(exc, ProvisioningError):
                 await self._emit(RaceFailed, reason=str(exc.args[0]))
-            await run_uncancellable(self._teardown(keep=None))
+            await run_uncancellable(self._settle(keep=None))
             raise
         finally:
             for offer in self._claimed:
                 self._release(offer)
+        winner = win.candidate.instance_id
+        assert winner is not None
         try:
-            await run_uncancellable(self._teardown(keep=win.candidate.instance_id))
+            await run_uncancellable(self._settle(keep=winner))
         except BaseException:
             # Cancelled (or the losers' teardown failed) after the winner was chosen: the
             # caller will never receive the rental, so the winner must go too.
-            await run_uncancellable(self._teardown(keep=None))
+            await run_uncancellable(self._settle(keep=None))
             raise
+        self._custody.hand_over(self._lot, winner)
         return self._result(win)
 
     # -- the race -------------------------------------------------------------------------
@@ -281,11 +284,8 @@ class Race:
             CandidateFailed, offer_id=cand.offer.id, instance_id=cand.instance_id, reason=reason
         )
         self._record(cand, "failed", reason)
-        try:
-            await self._destroy([cand.instance_id], reason=f"failed: {reason}")
-        except VastAIError as err:
-            # Still in self._created: the race's teardown tries again within its budget.
-            self._log.warning("destroying failed candidate %s: %s", cand.instance_id, err)
+        # Custody destroys it (batched with every other race's) while the race goes on.
+        self._custody.doom(self._lot, [cand.instance_id], f"failed: {reason}")
 
     async def _run_candidate(self, cand: _Candidate) -> _Win:
         instance_id = await self._create(cand)
@@ -299,50 +299,37 @@ class Race:
     async def _create(self, cand: _Candidate) -> int:
         offer = cand.offer
         for attempt in range(1, _CREATE_ATTEMPTS + 1):
-            # The create runs as its own task: if we are cancelled while the request is in
-            # flight, it still completes and teardown learns the id instead of leaking it.
-            task = asyncio.create_task(self._client.create_instance(offer.id, self._request))
-            self._pending_creates.add(task)
-            task.add_done_callback(self._create_done)
             try:
-                response = await asyncio.shield(task)
+                instance_id = await self._custody.create(self._lot, offer.id, self._request)
             except OfferUnavailableError as err:
                 reason = f"offer unavailable ({err.code or 'no_such_ask'})"
                 raise _CandidateFailure(reason) from err
+            except CreateWithdrawnError as err:
+                raise _CandidateFailure("create withdrawn before it was sent") from err
             except CreateOutcomeUnknownError as err:
                 # The request may have rented a machine: look for it by our label.
                 adopted = await self._find_by_label_for(cand)
                 if adopted is not None:
                     return adopted
-                # Not listed: it did not take effect. Trying again is safe because any late
-                # instance still carries our label, and teardown sweeps the label.
+                # Not listed: it did not take effect yet. Trying again is safe because any
+                # late instance still carries our label, and custody sweeps the label.
                 if attempt == _CREATE_ATTEMPTS:
                     raise _CandidateFailure(
                         f"create failed {attempt} times with no answer ({err.message})"
                     ) from err
                 continue
-            instance_id = int(response.new_contract)
             self._note_created(cand, instance_id)
             await self._emit(InstanceCreated, offer_id=offer.id, instance_id=instance_id)
             return instance_id
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _create_done(self, task: asyncio.Task[CreateInstanceResponse]) -> None:
-        self._pending_creates.discard(task)
-        # A create abandoned by its cancelled candidate (shield drops its callback) may still
-        # fail: read its outcome so it is not reported as a task exception never retrieved.
-        # Any instance it made is found by label (teardown, late sweep).
-        if not task.cancelled() and isinstance(task.exception(), CreateOutcomeUnknownError):
-            self.unknown_creates += 1
-            self.last_unknown_create_at = time.monotonic()
-
     async def _find_by_label_for(self, cand: _Candidate) -> int | None:
         found = await self._list(label=self._label)
-        known = set(self._created)
         for inst in found:
-            if inst.id not in known and (
+            if inst.id not in self._lot.known and (
                 inst.machine_id is None or inst.machine_id == cand.offer.machine_id
             ):
+                self._custody.adopt(self._lot, inst.id)
                 self._note_created(cand, inst.id)
                 await self._emit(
                     InstanceCreated, offer_id=cand.offer.id, instance_id=inst.id, adopted=True
@@ -357,7 +344,8 @@ class Race:
         self._created[instance_id] = cand
 
     async def _attach_key(self, instance_id: int) -> None:
-        await self._client.attach_ssh_key(instance_id, self._public_key)
+        if self._public_key is not None:
+            await self._client.attach_ssh_key(instance_id, self._public_key)
 
     async def _watch_and_probe(self, cand: _Candidate) -> _Win:
         assert cand.instance_id is not None
@@ -471,7 +459,7 @@ class Race:
     def spend_usd(self) -> float:
         """Estimated money accrued by this race's instances (price x time alive, our clock)."""
         now = time.monotonic()
-        total = sum(self._spend_of(c, now) for c in self._created.values() if c is not None)
+        total = sum(self._spend_of(c, now) for c in self._created.values())
         return total + sum(
             a.spend_usd for a in self._attempts if a.instance_id not in self._created
         )
@@ -486,113 +474,23 @@ class Race:
         if self._max_spend is not None and self.spend_usd() >= self._max_spend:
             raise self._failure(f"spend limit of ${self._max_spend:.4f} reached")
 
-    # -- teardown -------------------------------------------------------------------------
+    # -- custody ------------------------------------------------------------------------
 
-    async def _teardown(self, *, keep: int | None) -> None:
-        budget = self._timings.teardown_budget_s
-        last_error: VastAIError | None = None
-        try:
-            async with asyncio.timeout(budget):
-                while True:
-                    try:
-                        await self._teardown_once(keep)
-                        return
-                    except (AuthenticationError, PermissionDeniedError) as err:
-                        live = [i for i in self._created if i != keep]
-                        raise TeardownError(f"teardown failed: {err}", instance_ids=live) from err
-                    except VastAIError as err:
-                        # A 500 or a dropped answer on one destroy or list must not end the
-                        # teardown (and leave machines billing): try again within the budget.
-                        last_error = err
-                        self._log.warning("teardown step failed, retrying: %s", err)
-                        await asyncio.sleep(self._timings.poll_interval_s)
-        except TimeoutError:
-            live = [i for i in self._created if i != keep]
-            why = f" (last error: {last_error})" if last_error is not None else ""
-            raise TeardownError(
-                f"teardown did not confirm every instance destroyed within {budget:g} s{why}",
-                instance_ids=live,
-            ) from last_error
+    async def _settle(self, *, keep: int | None) -> None:
+        await self._custody.settle(self._lot, keep=keep, budget_s=self._timings.teardown_budget_s)
 
-    async def sweep_late(self, *, keep: int | None, window_s: float) -> None:
-        """Destroy instances carrying this race's label (except ``keep``) for ``window_s``.
-
-        A create whose answer was lost (a client timeout) may be carried out by the server
-        after the race's teardown swept the label: it would bill unseen. Run this after such a
-        race; it never raises.
-        """
-        deadline = time.monotonic() + window_s
-        while True:
-            try:
-                for inst in await self._list(label=self._label):
-                    if inst.id != keep:
-                        self._created[inst.id] = None
-                        await self._destroy([inst.id], reason="late create found by label")
-            except VastAIError as err:
-                self._log.warning("late sweep of label %s failed: %s", self._label, err)
-            if time.monotonic() >= deadline:
-                return
-            await asyncio.sleep(self._timings.poll_interval_s)
-
-    async def _teardown_once(self, keep: int | None) -> None:
-        if self._pending_creates:
-            # Creates still in flight: let them answer so we learn their ids.
-            await asyncio.wait(set(self._pending_creates))
-        losers = [i for i in self._created if i != keep]
-        if losers:
-            await self._destroy(losers, reason="teardown")
-        # One label listing serves twice: it sweeps what we never heard of (a lost create
-        # answer), and it is the first confirmation for the losers, since every instance of
-        # this race carries the race's label. Saves one paced list call per teardown.
-        listed = await self._list(label=self._label)
-        listed_ids = {inst.id for inst in listed}
-        for instance_id in losers:
-            if instance_id not in listed_ids:
-                self._created.pop(instance_id, None)
-        for inst in listed:
-            if inst.id != keep and inst.id not in self._created:
-                self._created[inst.id] = None
-                await self._destroy([inst.id], reason="found by label at teardown")
-        await self._confirm_gone(keep)
-
-    async def _confirm_gone(self, keep: int | None) -> None:
-        while True:
-            expected = [i for i in self._created if i != keep]
-            if not expected:
-                return
-            listed = {inst.id for inst in await self._list(ids=expected)}
-            for instance_id in expected:
-                if instance_id not in listed:
-                    self._created.pop(instance_id, None)
-            still = [i for i in expected if i in listed]
-            if not still:
-                return
-            await self._destroy(still, reason="still listed after destroy")
-            await asyncio.sleep(self._timings.poll_interval_s)
-
-    async def _destroy(self, instance_ids: list[int], *, reason: str) -> None:
-        client = self._client
-        if len(instance_ids) == 1:
-            gone_already = not await client.destroy_instance(instance_ids[0])
-        else:
-            await client.destroy_instances(instance_ids)
-            gone_already = False
-        for instance_id in instance_ids:
-            cand = self._created.get(instance_id)
-            if cand is not None and not any(a.instance_id == instance_id for a in self._attempts):
-                self._record(cand, "lost", reason)
-            await self._emit(
-                InstanceDestroyed,
-                instance_id=instance_id,
-                reason=reason,
-                already_gone=gone_already,
-            )
+    async def _on_gone(self, instance_id: int, reason: str, already_gone: bool) -> None:
+        # Custody confirmed an instance of this race gone: account for it and say so.
+        cand = self._created.pop(instance_id, None)
+        if cand is not None and not any(a.instance_id == instance_id for a in self._attempts):
+            self._record(cand, "lost", reason)
+        await self._emit(
+            InstanceDestroyed, instance_id=instance_id, reason=reason, already_gone=already_gone
+        )
         await self._emit(SpendUpdate, total_usd=self.spend_usd())
 
-    async def _list(
-        self, *, label: str | None = None, ids: list[int] | None = None
-    ) -> list[Instance]:
-        return list(await self._client.list_instances(label=label, ids=ids))
+    async def _list(self, *, label: str) -> list[Instance]:
+        return list(await self._client.list_instances(label=label))
 
     # -- records --------------------------------------------------------------------------
 

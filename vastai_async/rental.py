@@ -2,28 +2,50 @@
 
 ``async with rental:`` terminates the instance on exit (even when the block is cancelled);
 ``detach()`` keeps it for good under a ``vastai-async:kept:<job>`` label. Commands and files go
-over SSH with the host key pinned at first login: a changed host key or a refused key fails fast
-with an :class:`~vastai_async.SSHError`, never a silent retry.
+over one SSH connection (opened on first use, reopened if it drops) with the host key pinned at
+first login: a changed host key or a refused key fails fast with an
+:class:`~vastai_async.SSHError`, never a silent retry. A rental depends only on
+:class:`RentalOwner` (terminate, relabel, the known-hosts file, timings), not on the service.
 """
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+import attrs
+
 from vastai_async._teardown import run_uncancellable
+from vastai_async.errors import SSHError
 from vastai_async.labels import kept_label
 from vastai_async.models import RentalInfo
 from vastai_async.ssh import CommandResult, SSHRunner, connect_pinned
+from vastai_async.timings import Timings
 
 if TYPE_CHECKING:
     import asyncssh
 
-    from vastai_async.service import VastAIService
+__all__ = ["Rental", "RentalOwner"]
 
-__all__ = ["Rental"]
+
+@attrs.frozen(kw_only=True)
+class RentalOwner:
+    """What a :class:`Rental` needs from whoever rented it (the service builds one).
+
+    Attributes:
+        terminate: destroys an instance and confirms it gone (through the service's custody).
+        relabel: sets an instance's label.
+        known_hosts_path: the OpenSSH known-hosts file holding pinned host keys.
+        timings: connect and login timeouts.
+    """
+
+    terminate: Callable[[int], Awaitable[bool]]
+    relabel: Callable[[int, str], Awaitable[None]]
+    known_hosts_path: Path
+    timings: Timings
 
 
 class Rental:
@@ -37,16 +59,17 @@ class Rental:
         self,
         *,
         info: RentalInfo,
-        service: VastAIService,
+        owner: RentalOwner,
         client_key: asyncssh.SSHKey,
         key_path: Path,
     ) -> None:
         self.info = info
-        self._service = service
+        self._owner = owner
         self._client_key = client_key
         self._key_path = key_path
         self._detached = False
         self._terminated = False
+        self._ssh: SSHRunner | None = None
 
     def __repr__(self) -> str:
         ssh = self.info.ssh
@@ -76,24 +99,30 @@ class Rental:
     ) -> None:
         if not self._detached:
             await run_uncancellable(self.terminate())
+        else:
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the SSH connection (the machine keeps running). Idempotent."""
+        ssh, self._ssh = self._ssh, None
+        if ssh is not None:
+            await ssh.close()
 
     async def terminate(self) -> bool:
         """Destroy the machine and confirm; ``False`` when it was already gone.
 
         Idempotent: a second call asks Vast again and reports ``False``.
         """
-        destroyed = await self._service.terminate_instance(self.info.instance_id)
         self._terminated = True
-        return destroyed
+        await self.close()
+        return await self._owner.terminate(self.info.instance_id)
 
     async def detach(self, label: str | None = None) -> None:
         """Keep the machine for good: relabel it ``vastai-async:kept:<job>[:<label>]``.
 
         After this, ``async with`` no longer terminates it and ``reap`` spares it.
         """
-        await self._service.client.set_label(
-            self.info.instance_id, kept_label(self.info.job_id, label)
-        )
+        await self._owner.relabel(self.info.instance_id, kept_label(self.info.job_id, label))
         self._detached = True
 
     async def run(
@@ -113,23 +142,20 @@ class Rental:
         Returns:
             Exit status, stdout and stderr.
         """
-        async with self._connect() as conn:
-            return await conn.run(command, timeout=timeout, check=check)
+        return await self._connection().run(command, timeout=timeout, check=check)
 
     async def put(self, local: str | Path, remote: str) -> None:
         """Copy a local file to the machine over SFTP."""
-        async with self._connect() as conn:
-            await conn.put(local, remote)
+        await self._connection().put(local, remote)
 
     async def get(self, remote: str, local: str | Path) -> None:
         """Copy a file from the machine over SFTP."""
-        async with self._connect() as conn:
-            await conn.get(remote, local)
+        await self._connection().get(remote, local)
 
     def ssh_command(self) -> str:
         """The ``ssh`` line a person can paste (key file and pinned host key included)."""
         ssh = self.info.ssh
-        known = self._service.known_hosts.known_hosts_path
+        known = self._owner.known_hosts_path
         parts = [
             "ssh",
             "-i",
@@ -144,8 +170,18 @@ class Rental:
         ]
         return shlex.join(parts)
 
+    def _connection(self) -> SSHRunner:
+        if self._terminated:
+            raise SSHError(
+                "the rental was terminated: its machine is destroyed",
+                instance_id=self.info.instance_id,
+            )
+        if self._ssh is None:
+            self._ssh = self._connect()
+        return self._ssh
+
     def _connect(self) -> SSHRunner:
-        timings = self._service.timings
+        timings = self._owner.timings
         return connect_pinned(
             self.info.ssh.host,
             self.info.ssh.port,

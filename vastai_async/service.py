@@ -22,6 +22,7 @@ import asyncssh
 import attrs
 
 from vastai_async._logging import get_logger
+from vastai_async._owners import OwnerLock, owner_is_dead
 from vastai_async._poller import InstancePoller
 from vastai_async._race_types import ProbeFn
 from vastai_async._reaping import plan_reap
@@ -29,24 +30,23 @@ from vastai_async._requests import build_create_request
 from vastai_async._teardown import run_uncancellable
 from vastai_async.client import VastAIClient
 from vastai_async.config import VastAIConfig, get_vastai_config
+from vastai_async.custody import Custody
 from vastai_async.errors import (
-    AuthenticationError,
     InvalidRequestError,
     NotFoundError,
     OfferUnavailableError,
-    PermissionDeniedError,
+    ProvisioningError,
+    ServiceClosedError,
     SSHError,
-    TeardownError,
-    VastAIError,
 )
 from vastai_async.events import EventCallback, EventEmitter
 from vastai_async.known_hosts import KnownHostsStore
 from vastai_async.labels import parse_label, race_label, validate_id
-from vastai_async.models import Instance, Offer, RentalInfo, SSHEndpoint
+from vastai_async.models import CreateInstanceRequest, Instance, Offer, RentalInfo, SSHEndpoint
 from vastai_async.provider import AsyncComputeProvider, ReapReport, RentalSummary
 from vastai_async.provisioning import ProbeOutcome, Race, new_race_id
 from vastai_async.query import OfferQuery
-from vastai_async.rental import Rental
+from vastai_async.rental import Rental, RentalOwner
 from vastai_async.session import VastAISession
 from vastai_async.ssh import load_client_key, probe
 from vastai_async.timings import Timings
@@ -65,6 +65,10 @@ class VastAIService(AsyncComputeProvider):
         session: an ``aiohttp.ClientSession`` to borrow (never closed by us).
         timings: overrides ``config.timings`` for this service.
         on_event: called with every race event (sync or async).
+        max_concurrent_provisions: admission control: at most this many races run at once;
+            further ``provision_instance`` calls wait their turn in a FIFO queue. Default:
+            what the create route's pacing can serve within the teardown budget at fan-out 3,
+            ``floor(teardown_budget_s / (2 * create_interval * 3))``, at least 1.
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class VastAIService(AsyncComputeProvider):
         session: aiohttp.ClientSession | None = None,
         timings: Timings | None = None,
         on_event: EventCallback | None = None,
+        max_concurrent_provisions: int | None = None,
     ) -> None:
         self.config = config if config is not None else get_vastai_config()
         self.timings = timings if timings is not None else self.config.timings
@@ -89,8 +94,30 @@ class VastAIService(AsyncComputeProvider):
         self._client_key: asyncssh.SSHKey | None = None
         self._poller: InstancePoller | None = None
         self._claimed_offers: set[int] = set()
-        self._races: set[Race] = set()
-        self._late_sweeps: set[asyncio.Task[None]] = set()
+        self._custody = Custody(
+            self.client,
+            interval_s=self.timings.poll_interval_s,
+            # A server may carry out a create whose answer we lost for about as long as we
+            # waited for it: watch its label for twice that.
+            lost_create_window_s=2 * self.timings.request_timeout_s,
+            logger=self._log,
+        )
+        if max_concurrent_provisions is None:
+            max_concurrent_provisions = self._default_admission()
+        elif (
+            isinstance(max_concurrent_provisions, bool)
+            or not isinstance(max_concurrent_provisions, int)
+            or max_concurrent_provisions < 1
+        ):
+            raise InvalidRequestError(
+                "max_concurrent_provisions must be an integer >= 1, "
+                f"got {max_concurrent_provisions!r}"
+            )
+        #: How many races may run at once (admission control).
+        self.max_concurrent_provisions = max_concurrent_provisions
+        self._admission = asyncio.Semaphore(max_concurrent_provisions)
+        self._race_tasks: set[asyncio.Task[Rental]] = set()
+        self._owner_lock: OwnerLock | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -101,33 +128,55 @@ class VastAIService(AsyncComputeProvider):
         return self
 
     async def close(self) -> None:
-        """Finish late sweeps, stop the poller and close the HTTP session (idempotent).
+        """End races in flight, drain custody, then close the HTTP session (idempotent).
 
-        A race that lost a create's answer sweeps its label in the background for a while
-        (twice the request timeout); closing waits for those sweeps up to the teardown budget.
+        In order: races still running are cancelled (their callers get
+        :class:`~vastai_async.ServiceClosedError`) and hand everything they created or may
+        yet create to custody; custody then destroys and confirms all of it within
+        :attr:`close_budget_s`; only then do the poller and the HTTP session close.
+        Live rentals already handed to callers are not destroyed.
 
-        Live rentals are not destroyed by closing; races in flight are torn down by their own
-        cancellation.
+        Raises:
+            TeardownError: custody could not resolve everything within the bound; names every
+                instance and label still unresolved (``vastai-async reap`` finds them).
         """
         if self._closed:
             return
         self._closed = True
-        if self._late_sweeps:
-            # A late create must not outlive the service unseen, but closing is bounded by the
-            # teardown budget; past it the label is logged for ``reap``.
-            sweeps = set(self._late_sweeps)
-            _, pending = await asyncio.wait(sweeps, timeout=self.timings.teardown_budget_s)
-            for task in pending:
-                self._log.warning("stopping a late sweep at close (%s): run reap", task.get_name())
+        await run_uncancellable(self._shut_down())
+
+    async def _shut_down(self) -> None:
+        try:
+            races = set(self._race_tasks)
+            for task in races:
                 task.cancel()
-            await asyncio.gather(*sweeps, return_exceptions=True)
-        if self._poller is not None:
-            await self._poller.close()
-        await self._session.close()
+            if races:
+                await asyncio.gather(*races, return_exceptions=True)
+            await self._custody.drain(self.close_budget_s)
+        finally:
+            await self._custody.close()
+            if self._poller is not None:
+                await self._poller.close()
+            await self._session.close()
+            if self._owner_lock is not None:
+                self._owner_lock.release()
+
+    @property
+    def close_budget_s(self) -> float:
+        """How long :meth:`close` waits for custody: the teardown budget plus three request
+        timeouts (a create in flight may answer one request timeout late, then a lost answer's
+        label is watched for two more)."""
+        return self.timings.teardown_budget_s + 3 * self.timings.request_timeout_s
 
     def live_instance_ids(self) -> list[int]:
-        """Instances created by races still running in this service (for a last-resort message)."""
-        return sorted({i for race in self._races for i in race.live_instance_ids})
+        """Instances created by races still running in this service (``reap`` spares them)."""
+        return sorted(self._custody.live_ids())
+
+    def _default_admission(self) -> int:
+        interval = self.config.pacing.interval("PUT", "/api/v0/asks/{id}/")
+        if interval <= 0:
+            return 1024
+        return max(1, math.floor(self.timings.teardown_budget_s / (2 * interval * 3)))
 
     # -- offers ---------------------------------------------------------------------------
 
@@ -250,17 +299,87 @@ class VastAIService(AsyncComputeProvider):
             raise InvalidRequestError("max_spend_usd must be a positive number")
         if sum(x is not None for x in (offer_id, offers, query)) > 1:
             raise InvalidRequestError("give at most one of offer_id, offers, query")
+        if self._closed:
+            raise ServiceClosedError("the service is closed")
+        race_timings = timings if timings is not None else self.timings
+        client_key = self._key()
+        # Admission control: at most max_concurrent_provisions races at once; the rest wait in
+        # FIFO order here, before any request is made on their behalf.
+        async with self._admission:
+            if self._closed:
+                raise ServiceClosedError("the service closed while this provision waited")
+            self._hold_owner_lock()
+            # The race runs as the service's own task, so close() can end it (and its caller
+            # learns why) without cancelling the caller's task.
+            task = asyncio.create_task(
+                self._provision(
+                    job_id=job_id,
+                    request=request,
+                    offer_id=offer_id,
+                    offers=offers,
+                    query=query,
+                    timings=race_timings,
+                    fan_out=fan_out,
+                    max_spend_usd=max_spend_usd,
+                    on_event=on_event,
+                    client_key=client_key,
+                ),
+                name=f"vastai-async provision {job_id}",
+            )
+            self._race_tasks.add(task)
+            try:
+                return await self._await_race(task)
+            finally:
+                self._race_tasks.discard(task)
+
+    async def _await_race(self, task: asyncio.Task[Rental]) -> Rental:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and current.cancelling() == 0:
+                # Not our caller's cancellation: close() ended the race.
+                raise ServiceClosedError(
+                    "the service was closed while provisioning; everything this call created "
+                    "was handed to custody and destroyed"
+                ) from None
+            task.cancel()
+            # The caller is cancelled: wait (uncancellably) for the race to settle; a rental it
+            # produced meanwhile is never received, so it is destroyed.
+            await run_uncancellable(self._discard_race(task))
+            raise
+
+    async def _discard_race(self, task: asyncio.Task[Rental]) -> None:
+        try:
+            rental = await task
+        except (asyncio.CancelledError, ProvisioningError, ServiceClosedError):
+            return
+        await rental.terminate()
+
+    async def _provision(
+        self,
+        *,
+        job_id: str,
+        request: CreateInstanceRequest,
+        offer_id: int | None,
+        offers: Sequence[Offer] | None,
+        query: OfferQuery | None,
+        timings: Timings,
+        fan_out: int,
+        max_spend_usd: float | None,
+        on_event: EventCallback | None,
+        client_key: asyncssh.SSHKey,
+    ) -> Rental:
         candidates = await self._candidates(
             offer_id=offer_id, offers=offers, query=query, disk_gb=request.disk_gb
         )
-        race_timings = timings if timings is not None else self.timings
-        client_key = self._key()
         race_id = new_race_id()
         emitter = EventEmitter([self._on_event, on_event], self._log)
         race = Race(
             client=self.client,
+            custody=self._custody,
             poller=self._get_poller(),
-            probe=self._make_probe(client_key, race_timings),
+            probe=self._make_probe(client_key, timings),
             emitter=emitter,
             job_id=job_id,
             label=race_label(self.owner, job_id, race_id),
@@ -269,21 +388,13 @@ class VastAIService(AsyncComputeProvider):
             request=request,
             public_key=self.config.ssh_public_key,
             fan_out=fan_out,
-            timings=race_timings,
+            timings=timings,
             max_spend_usd=max_spend_usd,
             claim=self._claim,
             release=self._release,
             logger=self._log,
         )
-        self._races.add(race)
-        keep: int | None = None
-        try:
-            result = await race.run()
-            keep = result.instance_id
-        finally:
-            self._races.discard(race)
-            if race.unknown_creates:
-                self._sweep_late(race, keep)
+        result = await race.run()
         try:
             self.known_hosts.pin(
                 result.instance_id, result.endpoint.host, result.endpoint.port, result.host_key
@@ -306,18 +417,11 @@ class VastAIService(AsyncComputeProvider):
         )
         return self._rental(info, client_key)
 
-    def _sweep_late(self, race: Race, keep: int | None) -> None:
-        # A create whose answer was lost may land after the race's teardown: keep sweeping its
-        # label in the background until twice our request timeout after that create failed
-        # (a server holding it that long again). ``reap`` remains the backstop.
-        failed_at = race.last_unknown_create_at or time.monotonic()
-        window = failed_at + 2 * self.timings.request_timeout_s - time.monotonic()
-        task = asyncio.create_task(
-            race.sweep_late(keep=keep, window_s=max(0.0, window)),
-            name=f"late sweep of label {race.label}",
-        )
-        self._late_sweeps.add(task)
-        task.add_done_callback(self._late_sweeps.discard)
+    def _hold_owner_lock(self) -> None:
+        # Held for the service's life: a reaper in another process (or container sharing the
+        # state directory) proves this owner dead only by taking it (see _owners.py).
+        if self._owner_lock is None:
+            self._owner_lock = OwnerLock.acquire(self.config.state_dir, self.owner)
 
     async def _candidates(
         self,
@@ -416,55 +520,40 @@ class VastAIService(AsyncComputeProvider):
         return probe_once
 
     def _rental(self, info: RentalInfo, client_key: asyncssh.SSHKey) -> Rental:
+        owner = RentalOwner(
+            terminate=self.terminate_instance,
+            relabel=self.client.set_label,
+            known_hosts_path=self.known_hosts.known_hosts_path,
+            timings=self.timings,
+        )
         return Rental(
-            info=info, service=self, client_key=client_key, key_path=self.config.ssh_key_path
+            info=info, owner=owner, client_key=client_key, key_path=self.config.ssh_key_path
         )
 
     # -- lifecycle of existing instances --------------------------------------------------
 
     async def terminate_instance(self, instance_id: int) -> bool:
-        """Destroy an instance and confirm it is gone.
+        """Destroy an instance and confirm it is gone, through custody.
 
-        Transient failures (5xx, dropped connections, malformed answers) are retried within
-        the teardown budget.
+        Transient failures (5xx, dropped connections, malformed answers) are retried every
+        tick; the wait is bounded by ``timings.teardown_budget_s`` of real time.
 
         Returns:
-            ``True`` when this call destroyed it, ``False`` when it was already gone.
+            ``True`` when this call destroyed it, ``False`` when Vast said it was already gone.
 
         Raises:
-            TeardownError: not confirmed gone within the teardown budget, or the key was refused.
+            TeardownError: not confirmed gone within the teardown budget, or the key was refused
+                (custody keeps trying until the service closes).
         """
-        deadline = time.monotonic() + self.timings.teardown_budget_s
-        destroyed: bool | None = None
-        while True:
-            try:
-                answer = await self.client.destroy_instance(instance_id)
-                destroyed = answer if destroyed is None else destroyed
-                listed = await self.client.list_instances(ids=[instance_id])
-            except (AuthenticationError, PermissionDeniedError) as err:
-                raise TeardownError(
-                    f"cannot destroy instance {instance_id}: {err}", instance_ids=[instance_id]
-                ) from err
-            except VastAIError as err:
-                # A 500 or a lost answer must not leave the machine billing: retry within the
-                # teardown budget, as the race's own teardown does.
-                if time.monotonic() >= deadline:
-                    raise TeardownError(
-                        f"instance {instance_id} not confirmed destroyed (last error: {err})",
-                        instance_ids=[instance_id],
-                    ) from err
-                self._log.warning("destroying instance %s failed, retrying: %s", instance_id, err)
-            else:
-                if not any(i.id == instance_id for i in listed):
-                    break
-                if time.monotonic() >= deadline:
-                    raise TeardownError(
-                        f"instance {instance_id} still listed after destroy",
-                        instance_ids=[instance_id],
-                    )
-            await asyncio.sleep(self.timings.poll_interval_s)
+        if isinstance(instance_id, bool) or not isinstance(instance_id, int) or instance_id < 1:
+            raise InvalidRequestError(
+                f"instance_id must be a positive integer, got {instance_id!r}"
+            )
+        results = await self._custody.destroy(
+            [instance_id], budget_s=self.timings.teardown_budget_s, reason="terminate"
+        )
         self.known_hosts.remove(instance_id)
-        return bool(destroyed)
+        return results.get(instance_id, True)
 
     async def get_rental(self, instance_id: int) -> Rental:
         """Rebuild a :class:`Rental` for an instance of ours from its pinned host key.
@@ -617,10 +706,14 @@ class VastAIService(AsyncComputeProvider):
             older_than_s=older_than_s,
             live=set(self.live_instance_ids()),
             now=time.time(),
+            is_dead=lambda owner: owner_is_dead(owner, self.config.state_dir),
         )
-        if not dry_run:
-            for instance_id, _ in report.destroyed:
-                await self.terminate_instance(instance_id)
+        if not dry_run and report.destroyed:
+            # One batch through custody: one bulk destroy and one confirming listing per tick.
+            ids = [instance_id for instance_id, _ in report.destroyed]
+            await self._custody.destroy(ids, budget_s=self.timings.teardown_budget_s, reason="reap")
+            for instance_id in ids:
+                self.known_hosts.remove(instance_id)
         return report
 
 

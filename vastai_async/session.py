@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json as jsonlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal, NoReturn
 from urllib.parse import quote
@@ -88,6 +88,7 @@ class _Call:
     offer_id: int | None
     started: float
     attempt: int = 0
+    before_send: Callable[[], None] | None = None
 
 
 class VastAISession:
@@ -202,6 +203,7 @@ class VastAISession:
         timeout: float | aiohttp.ClientTimeout | None = None,  # noqa: ASYNC109 (per attempt)
         idempotent: bool | None = None,
         kind: RequestKind | None = None,
+        before_send: Callable[[], None] | None = None,
     ) -> Any:
         """Send one API request (paced, retried) and return its parsed JSON body.
 
@@ -216,6 +218,9 @@ class VastAISession:
                 connection, 502/503/504) is retried; defaults to ``kind == "read"``.
             kind: ``read`` (default for GET), ``write`` (default otherwise) or ``create``:
                 an ambiguous failure of a create raises ``CreateOutcomeUnknownError``.
+            before_send: called after the route's pacing slot, right before each attempt is
+                sent, with no suspension in between; what it raises is raised instead of
+                sending (custody withdraws a create that has not left this way).
 
         Returns:
             The decoded JSON body (``None`` for an empty body).
@@ -246,6 +251,7 @@ class VastAISession:
             instance_id=ident_int if "/instances/" in template else None,
             offer_id=ident_int if "/asks/" in template else None,
             started=asyncio.get_running_loop().time(),
+            before_send=before_send,
         )
         try:
             return await self._with_retries(call)
@@ -290,6 +296,8 @@ class VastAISession:
     async def _attempt(self, call: _Call) -> Any:
         call.attempt += 1
         await self._pacer.wait(call.method, call.template)
+        if call.before_send is not None:
+            call.before_send()
         http = self._ensure_http()
         headers = {"Accept": "application/json"}
         if self._api_key and call.url.origin() == self._origin:

@@ -3,9 +3,13 @@
     python -m tests.reliability.chaos --runs 300 --seed 0
 
 Every other run is cut by a cancellation at a seeded API request count (again 2 and 5 requests
-later, inside the teardown). The table counts runs, faults injected, successes, typed failures,
-cancellations, untyped failures, leaks, unhandled loop errors and pacing excess. The exit status
-is 1 when any run leaked, failed untyped, left an unhandled task error or exceeded pacing, and
+later, inside the teardown). Every ``--storm-every``-th run is instead a load storm
+(:mod:`tests.reliability.storm`): 100-150 concurrent provisions in one service with slow and
+lost creates, a third of them cancelled, sometimes the service closed in flight; its own table
+counts storms, provisions, leaks, unnamed leaks and untyped errors. The main table counts runs,
+faults injected, successes, typed failures, cancellations, untyped failures, leaks, unhandled
+loop errors and pacing excess. The exit status is 1 when any run leaked, failed untyped, left an
+unhandled task error or exceeded pacing (or a storm left an unnamed leak or failed untyped), and
 3 when a run hung (every task's stack is printed first).
 """
 
@@ -21,27 +25,47 @@ import time
 from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.reliability._harness import Outcome, Scenario, draw_scenario, run_scenario
+from tests.reliability.storm import StormOutcome, run_storm
 from vastai_async.config import generate_ssh_keypair
 
-__all__ = ["main", "run_chaos", "summary_table"]
+__all__ = ["main", "run_chaos", "storm_table", "summary_table"]
+
+T = TypeVar("T")
 
 
 async def run_chaos(
-    runs: int, seed: int, *, verbose: bool = False, run_timeout_s: float = 120.0
+    runs: int,
+    seed: int,
+    *,
+    verbose: bool = False,
+    run_timeout_s: float = 120.0,
+    storm_every: int = 0,
+    storms: list[StormOutcome] | None = None,
 ) -> list[Outcome]:
     """Run ``runs`` scenarios from ``seed`` on; half of them with cancellation cuts.
 
-    A run lasting over ``run_timeout_s`` is a hang: every task's stack goes to stderr and the
-    process exits with status 3 (a hang may sit in a teardown no cancellation can stop).
+    With ``storm_every`` > 0, every ``storm_every``-th run is a load storm instead, whose
+    outcome goes to ``storms``. A run lasting over ``run_timeout_s`` is a hang: every task's
+    stack goes to stderr and the process exits with status 3.
     """
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="vastai-chaos-") as tmp:
         key = Path(tmp) / "id_ed25519"
         generate_ssh_keypair(key)
         for n in range(runs):
+            if storm_every and n % storm_every == storm_every - 1 and storms is not None:
+                storm = await _watched(
+                    run_storm(seed + n, key, Path(tmp) / "state"),
+                    Scenario(seed=seed + n, faults=("storm",), fan_out=3, candidates=3),
+                    run_timeout_s * 3,
+                )
+                storms.append(storm)
+                if verbose or not storm.ok:
+                    print(f"{'ok ' if storm.ok else 'BAD'} storm {storm}", file=sys.stderr)
+                continue
             scenario = draw_scenario(seed + n, cancel=n % 2 == 1)
             outcome = await _watched(
                 run_scenario(scenario, key, Path(tmp) / "state"), scenario, run_timeout_s
@@ -52,9 +76,7 @@ async def run_chaos(
     return outcomes
 
 
-async def _watched(
-    run: Coroutine[Any, Any, Outcome], scenario: Scenario, timeout_s: float
-) -> Outcome:
+async def _watched(run: Coroutine[Any, Any, T], scenario: Scenario, timeout_s: float) -> T:
     task = asyncio.ensure_future(run)
     done, _ = await asyncio.wait({task}, timeout=timeout_s)
     if task in done:
@@ -104,6 +126,24 @@ def summary_table(outcomes: list[Outcome], wall_s: float) -> str:
     return "\n".join(lines)
 
 
+def storm_table(storms: list[StormOutcome]) -> str:
+    """The load storms' summary as a Markdown table."""
+    rows = [
+        ("storms", len(storms)),
+        ("storms closed with races in flight", sum(s.closed_in_flight for s in storms)),
+        ("concurrent provisions", sum(s.provisions for s in storms)),
+        ("successes", sum(s.success for s in storms)),
+        ("typed failures (VastAIError)", sum(s.typed for s in storms)),
+        ("cancelled", sum(s.cancelled for s in storms)),
+        ("untyped failures", sum(len(s.untyped) for s in storms)),
+        ("instances alive after close", sum(len(s.leaked) for s in storms)),
+        ("of them named by no TeardownError", sum(len(s.unnamed) for s in storms)),
+    ]
+    lines = ["| storm measure | value |", "|---|---:|"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m tests.reliability.chaos")
@@ -113,18 +153,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--run-timeout", type=float, default=120.0, help="seconds before a run counts as hung"
     )
+    parser.add_argument(
+        "--storm-every", type=int, default=10, help="every Nth run is a load storm (0: none)"
+    )
     args = parser.parse_args(argv)
     # The SDK logs retried failures at WARNING; here only errors are worth a line.
     handler = logging.StreamHandler()
     handler.setLevel(logging.ERROR)
     logging.getLogger("vastai_async").addHandler(handler)
     started = time.monotonic()
+    storms: list[StormOutcome] = []
     outcomes = asyncio.run(
-        run_chaos(args.runs, args.seed, verbose=args.verbose, run_timeout_s=args.run_timeout)
+        run_chaos(
+            args.runs,
+            args.seed,
+            verbose=args.verbose,
+            run_timeout_s=args.run_timeout,
+            storm_every=args.storm_every,
+            storms=storms,
+        )
     )
     print(summary_table(outcomes, time.monotonic() - started))
+    if storms:
+        print()
+        print(storm_table(storms))
     bad = [o for o in outcomes if not o.ok]
-    if bad:
+    bad_storms = [s.seed for s in storms if not s.ok]
+    if bad_storms:
+        print(f"\n{len(bad_storms)} bad storm(s): seeds {bad_storms}", file=sys.stderr)
+    if bad or bad_storms:
         print(f"\n{len(bad)} bad run(s): seeds {[o.scenario.seed for o in bad]}", file=sys.stderr)
         return 1
     return 0

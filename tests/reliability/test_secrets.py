@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -20,6 +21,7 @@ from tests.reliability._harness import pick_offers
 from vastai_async import (
     ConfigError,
     CreateOutcomeUnknownError,
+    InvalidRequestError,
     ProvisioningError,
     VastAIService,
 )
@@ -159,3 +161,32 @@ def test_a_key_file_readable_by_others_is_refused_without_printing_it(
     assert "VASTAI_SSH_KEY_PATH" in message
     assert "ALLOW_INSECURE_KEY" in message
     assert vastai_ssh_key.read_text().splitlines()[1] not in message
+
+
+@pytest.mark.parametrize(
+    ("where", "spell"),
+    [
+        ("env_value", lambda k: f"Bearer {k}"),
+        ("env_value", lambda k: f"{k}\n"),
+        ("env_value", lambda k: f"https://x.example/?api_key={k}"),
+        ("env_value", lambda k: "https://x.example/?t=" + quote(k, safe="")),
+        ("env_key", lambda k: f"KEY_{k}"),
+        ("onstart", lambda k: f"curl -H 'Authorization: Bearer {k}' x"),
+    ],
+)
+async def test_the_api_key_in_any_spelling_is_refused_before_anything_is_rented(
+    vastai_service: VastAIService, vastai_sandbox: Sandbox, where: str, spell: object
+) -> None:
+    key = vastai_sandbox.api_key
+    text = spell(key)  # type: ignore[operator]
+    kwargs: dict[str, object] = {}
+    if where == "env_value":
+        kwargs["extra_env"] = {"AUTH": text}
+    elif where == "env_key":
+        kwargs["extra_env"] = {text: "1"}
+    else:
+        kwargs["onstart_cmd"] = text
+    with pytest.raises(InvalidRequestError) as info:
+        await vastai_service.provision_instance(job_id="leak", fan_out=1, **kwargs)
+    assert key not in str(info.value)
+    assert vastai_sandbox.request_counts()["PUT /api/v0/asks/{id}/"] == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from vastai_async._owners import _owner_for, default_owner
+from vastai_async._owners import _owner_for, default_owner, pid_namespace
 from vastai_async._reaping import plan_reap
 from vastai_async.models import Instance
 
@@ -19,7 +19,7 @@ def _dead_owner() -> str:
         text=True,
         check=True,
     )
-    return _owner_for(int(out.stdout), "abc123")
+    return _owner_for(pid_namespace(), int(out.stdout), "abc123")
 
 
 def test_plan_reap_destroys_named_dead_and_old_and_spares_the_rest() -> None:

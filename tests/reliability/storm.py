@@ -1,0 +1,139 @@
+"""Load storms for the chaos run: 100+ concurrent provisions in one service, under faults.
+
+One storm is a fresh sandbox with a large market, one service, and ``provisions`` concurrent
+``provision_instance`` calls (fan-out 1 to 3) while creates are slow or lose their answers; a
+seeded third of the calls is cancelled at seeded request counts, and in some storms the service
+is closed with races still in flight. Afterwards, every instance still alive must be named by a
+``TeardownError`` the calls or ``close()`` raised (ideally none is alive), and every failure must
+be typed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from tests.reliability._harness import REQUEST_TIMEOUT_S, sandbox_config
+from vastai_async import Rental, TeardownError, VastAIError, VastAIService
+from vastai_async.sandbox import HTTPFault, Sandbox
+
+__all__ = ["StormOutcome", "run_storm"]
+
+_CREATE = "PUT /api/v0/asks/{id}/"
+#: Below the lost-create window (2 x the request timeout after the timeout): a create held this
+#: long is a lost answer on our side, carried out while custody still sweeps its label.
+_SLOW_S = REQUEST_TIMEOUT_S * 1.5
+
+
+@attrs.frozen(kw_only=True)
+class StormOutcome:
+    """What one storm ended as."""
+
+    seed: int
+    provisions: int
+    closed_in_flight: bool
+    success: int
+    typed: int
+    cancelled: int
+    untyped: tuple[str, ...]
+    leaked: tuple[int, ...]
+    unnamed: tuple[int, ...]
+
+    @property
+    def ok(self) -> bool:
+        """No untyped failure and nothing alive that no error named."""
+        return not self.untyped and not self.unnamed
+
+
+class _Cuts(list[Any]):
+    """The sandbox's request record: cancels a task at its seeded request count."""
+
+    def __init__(self, items: list[Any], cuts: dict[int, asyncio.Task[Any]]) -> None:
+        super().__init__(items)
+        self.cuts = cuts
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        task = self.cuts.pop(len(self), None)
+        if task is not None:
+            task.cancel()
+
+
+async def run_storm(seed: int, key_path: Path, state_dir: Path) -> StormOutcome:
+    """Run one seeded storm; never raises for SDK errors (they are counted)."""
+    rng = random.Random(f"storm:{seed}")
+    provisions = rng.randint(100, 150)
+    closed_in_flight = rng.random() < 0.3
+    async with Sandbox(seed=seed, offers=600, time_scale=0.02) as sb:
+        config = sandbox_config(sb, key_path, state_dir)
+        timings = config.timings.replace(request_timeout_s=REQUEST_TIMEOUT_S, overall_s=30.0)
+        sb.add_fault(HTTPFault(kind="slow", route=_CREATE, delay_s=_SLOW_S, probability=0.1,
+                               times=None))  # fmt: skip
+        sb.add_fault(HTTPFault(kind="lost_answer", route=_CREATE, probability=0.05, times=None))
+        results: list[Any] = []
+        close_error: BaseException | None = None
+        try:
+            async with VastAIService(config=config, timings=timings) as vast:
+                offers = await vast.search_offers()
+                tasks = [
+                    asyncio.create_task(_one(vast, f"s{seed}-{i}", offers, rng.randint(1, 3)))
+                    for i in range(provisions)
+                ]
+                base = len(sb.requests)
+                cuts = {
+                    base + rng.randint(5, 4 * provisions): task
+                    for task in tasks
+                    if rng.random() < 1 / 3
+                }
+                sb.state.requests = _Cuts(sb.state.requests, cuts)
+                if closed_in_flight:
+                    # Leave the block while a seeded part of the calls still runs.
+                    done_target = rng.randint(0, provisions // 2)
+                    while sum(t.done() for t in tasks) < done_target:
+                        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    await asyncio.wait(tasks)
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        except TeardownError as err:  # close() could not drain: it names what is left
+            close_error = err
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        if isinstance(sb.state.requests, _Cuts):
+            sb.state.requests.cuts.clear()
+        # A create the sandbox still holds lands within _SLOW_S of its arrival.
+        landed_by = max((r.at for r in sb.requests), default=0.0) + _SLOW_S + 0.05
+        await asyncio.sleep(max(0.0, landed_by - time.time()))
+        alive = set(sb.alive_instance_ids())
+        named = {i for r in [*results, close_error] if isinstance(r, TeardownError)
+                 for i in r.instance_ids}  # fmt: skip
+        if alive:
+            sb.faults.clear()
+            async with VastAIService(config=config) as cleaner:
+                await cleaner.client.destroy_instances(sorted(alive))
+    return StormOutcome(
+        seed=seed,
+        provisions=provisions,
+        closed_in_flight=closed_in_flight,
+        success=sum(r == "success" for r in results),
+        typed=sum(isinstance(r, VastAIError) for r in results),
+        cancelled=sum(isinstance(r, asyncio.CancelledError) for r in results),
+        untyped=tuple(
+            f"{type(r).__name__}: {r}"
+            for r in results
+            if isinstance(r, BaseException)
+            and not isinstance(r, VastAIError | asyncio.CancelledError)
+        ),
+        leaked=tuple(sorted(alive)),
+        unnamed=tuple(sorted(alive - named)),
+    )
+
+
+async def _one(vast: VastAIService, job_id: str, offers: list[Any], fan_out: int) -> str:
+    rental: Rental = await vast.provision_instance(job_id=job_id, offers=offers, fan_out=fan_out)
+    async with rental:
+        pass
+    return "success"

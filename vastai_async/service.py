@@ -169,8 +169,9 @@ class VastAIService(AsyncComputeProvider):
         return self.timings.teardown_budget_s + 3 * self.timings.request_timeout_s
 
     def live_instance_ids(self) -> list[int]:
-        """Instances created by races still running in this service (``reap`` spares them)."""
-        return sorted(self._custody.live_ids())
+        """Instances in this service's custody that may still be alive: candidates of races
+        still running and instances being destroyed (for a last-resort message)."""
+        return sorted(self._custody.live_ids() | set(self._custody.unresolved()[0]))
 
     def _default_admission(self) -> int:
         interval = self.config.pacing.interval("PUT", "/api/v0/asks/{id}/")
@@ -704,7 +705,7 @@ class VastAIService(AsyncComputeProvider):
             job_id=job_id,
             owner=owner,
             older_than_s=older_than_s,
-            live=set(self.live_instance_ids()),
+            live=self._custody.live_ids(),
             now=time.time(),
             is_dead=lambda owner: owner_is_dead(owner, self.config.state_dir),
         )

@@ -317,13 +317,31 @@ async def test_changed_host_key_is_refused_on_an_established_rental(
     other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDsaTJ5HxcP1QwO4nOMsoo0Ni4mHUn/BM0V3E4wAd7gR"
     forged = type(rental)(
         info=attrs.evolve(rental.info, host_key=other),
-        service=vastai_service,
+        owner=rental._owner,
         client_key=rental._client_key,
         key_path=rental._key_path,
     )
     with pytest.raises(SSHError):
         await forged.run("true")
     await rental.terminate()
+
+
+async def test_a_rental_reuses_one_ssh_connection_and_refuses_use_after_terminate(
+    vastai_service: VastAIService, vastai_sandbox: Sandbox
+) -> None:
+    offers = await candidates(vastai_service, 1)
+    rental = await vastai_service.provision_instance(job_id="one-conn", offers=offers)
+    assert (await rental.run("true")).exit_status == 0
+    runner = rental._ssh
+    assert runner is not None
+    first = runner._conn
+    for _ in range(2):
+        assert (await rental.run("true")).exit_status == 0
+    assert rental._ssh is runner
+    assert runner._conn is first, "one handshake serves every command"
+    await rental.terminate()
+    with pytest.raises(SSHError, match="terminated"):
+        await rental.run("true")
 
 
 async def test_max_spend_stops_the_race(

@@ -3,8 +3,9 @@
 Thresholds are the published spec's 429 figures (vast-api.md's where the spec names none), read
 as requests per second per identity (an API key, or the client address for unauthenticated
 search), so the minimum interval between two requests on one route is ``1 / threshold``
-simulated seconds, i.e. ``time_scale / threshold`` wall seconds. The SDK's pacing table (``vastai_async.pacing``) uses the same reading; a test compares
-the two. The sandbox keeps its own copy on purpose: a mistake in one is caught by the other.
+simulated seconds, i.e. ``time_scale / threshold`` wall seconds. The SDK's pacing table
+(``vastai_async.pacing``) uses the same reading; a test compares the two. The sandbox keeps its
+own copy on purpose: a mistake in one is caught by the other.
 """
 
 from __future__ import annotations

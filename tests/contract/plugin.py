@@ -3,8 +3,9 @@
 Loaded from ``tests/conftest.py``. An autouse fixture hooks the session of every
 :class:`VastAIClient` built during a test (through the session's ``observers``) and fails the
 test when a request on a route with a contract does not fit it. Sessions used without a client
-(the transport's own tests send arbitrary bodies on purpose) are not hooked. Answers are not checked here (unit tests answer with deliberately
-malformed bodies); ``tests/contract/test_contracts.py`` checks the sandbox's answers.
+(the transport's own tests send arbitrary bodies on purpose) are not hooked. Answers are not
+checked here (unit tests answer with deliberately malformed bodies); the contract suite
+(``tests/contract/test_contracts.py``) checks the sandbox's answers.
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ def contract_requests(
     def observe(exchange: Exchange) -> None:
         route = f"{exchange.method} {exchange.template}"
         if has_contract(route):
-            found = request_problems(
-                route, exchange.params, exchange.body, method=exchange.method
-            )
+            found = request_problems(route, exchange.params, exchange.body, method=exchange.method)
             problems.extend(found)
 
     original = VastAIClient.__init__

@@ -124,7 +124,9 @@ _OFFER: Final = _obj(
 
 # --- create ----------------------------------------------------------------------------------
 
-_RUNTYPE_WORDS: Final = "ssh|jupyter|args|ssh_proxy|ssh_direct|ssh_direc|jupyter_proxy|jupyter_direct"
+_RUNTYPE_WORDS: Final = (
+    "ssh|jupyter|args|ssh_proxy|ssh_direct|ssh_direc|jupyter_proxy|jupyter_direct"
+)
 
 _CREATE_REQUEST: Final = _obj(
     (),
@@ -383,12 +385,17 @@ OPERATIONS: Final[dict[str, dict[str, Any]]] = {
     },
     "PUT /api/v0/instances/request_logs/{id}/": {  # L4600-4685
         "request": _obj(
-            (), closed=True, tail={"type": "string", "pattern": r"^\d+$"}, filter=_STR,
+            (),
+            closed=True,
+            tail={"type": "string", "pattern": r"^\d+$"},
+            filter=_STR,
             daemon_logs={"enum": ["true", "false"]},
-        ),  # fmt: skip
+        ),
         "query": None,
         "responses": {
-            200: _obj(("success", "result_url"), success={"const": True}, result_url=_STR, msg=_STR),
+            200: _obj(
+                ("success", "result_url"), success={"const": True}, result_url=_STR, msg=_STR
+            ),
             401: _AUTH,
             403: _error("not_authorized"),
             404: _error("invalid_id"),

@@ -20,7 +20,7 @@ from jsonschema import Draft202012Validator
 
 from tests.contract.exercise import CLIENT_ENDPOINTS, NOT_ENDPOINTS, PUBKEY, exercise
 from tests.contract.schemas import OPERATIONS
-from tests.contract.validate import request_problems, response_problems
+from tests.contract.validate import request_problems, response_problems, route_of
 from vastai_async.client import VastAIClient
 from vastai_async.config import generate_ssh_keypair, get_vastai_config
 from vastai_async.errors import APIStatusError
@@ -148,17 +148,9 @@ async def test_sandbox_error_answers_fit_their_contracts(sb: Sandbox) -> None:
 
 
 def _route(method: str, path: str) -> str:
-    bare = path.split("?", 1)[0]
-    for route in OPERATIONS:
-        r_method, template = route.split(" ", 1)
-        parts, want = template.strip("/").split("/"), bare.strip("/").split("/")
-        if (
-            r_method == method
-            and len(parts) == len(want)
-            and all(p == w or p.startswith("{") for p, w in zip(parts, want, strict=True))
-        ):
-            return route
-    raise AssertionError(f"no contract for {method} {path}")
+    route = route_of(method, path)
+    assert route is not None, f"no contract for {method} {path}"
+    return route
 
 
 def test_a_request_off_its_contract_is_reported() -> None:

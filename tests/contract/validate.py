@@ -10,7 +10,7 @@ from jsonschema import Draft202012Validator
 
 from tests.contract.schemas import OPERATIONS
 
-__all__ = ["has_contract", "request_problems", "response_problems"]
+__all__ = ["has_contract", "request_problems", "response_problems", "route_of"]
 
 _VALIDATORS: dict[int, Draft202012Validator] = {}
 
@@ -58,3 +58,18 @@ def response_problems(route: str, status: int, raw: bytes) -> list[str]:
     except ValueError:
         return [f"{route}: {status} answer is not JSON"]
     return _problems(responses[status], data, f"{route} {status}")
+
+
+def route_of(method: str, path: str) -> str | None:
+    """The contract's route key for a concrete ``method`` and ``path`` (query ignored)."""
+    want = path.split("?", 1)[0].strip("/").split("/")
+    for route in OPERATIONS:
+        r_method, template = route.split(" ", 1)
+        parts = template.strip("/").split("/")
+        if (
+            r_method == method
+            and len(parts) == len(want)
+            and all(p == w or p.startswith("{") for p, w in zip(parts, want, strict=True))
+        ):
+            return route
+    return None

@@ -66,6 +66,8 @@ async def test_key_on_the_account_logs_into_instances_without_any_attach(
     before, after = await _offers(client, 2)
     request = CreateInstanceRequest(image="ubuntu:22.04", label="keys-1")
     old = (await client.create_instance(before.id, request)).new_contract
+    await sb.wait_status(old, "running", within_s=20)
+    assert not await _login(await client.show_instance(old), key_path)  # not registered yet
 
     public = public_key_line(load_client_key(key_path))
     first = await register_account_key(client, public)

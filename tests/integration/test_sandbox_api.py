@@ -482,3 +482,14 @@ async def test_create_price_range_per_the_spec(api: Api, price: float, ok: bool)
     assert got["success"] is ok
     if not ok:
         assert got["error"] == "invalid_price"
+
+
+async def test_a_vm_needs_a_key_on_the_account_first(api: Api) -> None:
+    """The spec: VMs take no key after create, so create answers 400 ``no_ssh_key_for_vm``."""
+    first, second = await api.offers(2)
+    got, _ = await api.call(
+        "PUT", f"/api/v0/asks/{first}/", json={"image": "u", "vm": True}, status=400
+    )
+    assert got["error"] == "no_ssh_key_for_vm"
+    await api.call("POST", "/api/v0/ssh/", json={"ssh_key": PUBKEY})
+    await api.create(second, vm=True)

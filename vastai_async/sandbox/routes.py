@@ -214,6 +214,9 @@ async def create_instance(request: web.Request) -> web.Response:
         if cancel:
             raise ApiError(410, "no_such_ask", msg, ask_id=offer_id)
         raise ApiError(404, "invalid_args", msg, ask_id=offer_id)
+    if body.get("vm") and not cloud.account_keys:
+        # The spec (L11-12, L1808): a VM takes no key after create, so one must be on the account.
+        raise ApiError(400, "no_ssh_key_for_vm", "Add an SSH key to your account first.")
     args = _create_args(body, st, offer.fields)
     inst = await cloud.create(offer_id=offer_id, **args)
     return reply({"success": True, "new_contract": inst.id})

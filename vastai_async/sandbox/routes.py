@@ -16,12 +16,12 @@ import datetime as dt
 import json
 import re
 import secrets
-import shlex
 from typing import Any
 
 from aiohttp import web
 
 from vastai_async.sandbox.app import STATE, ApiError, SandboxState, json_body, reply
+from vastai_async.sandbox.create_body import LABEL_MAX, create_args
 from vastai_async.sandbox.matching import (
     QueryError,
     decode_token,
@@ -38,9 +38,6 @@ __all__ = ["ROUTES"]
 
 _PAGE_MAX = 25
 _PAGE_NON_POSITIVE = 5  # the spec: a limit <= 0 is treated as 5
-_LABEL_MAX = 1024
-_ONSTART_MAX = 4048
-_CREATE_PRICE = (0.001, 128.0)
 _BID_PRICE = (0.001, 32.0)
 #: Instance columns computed per answer: the v1 list refuses filters on them (the spec).
 _COMPUTED_COLUMNS = frozenset({"dph_total", "num_gpus", "storage_total_cost"})
@@ -117,87 +114,6 @@ async def search_offers(request: web.Request) -> web.Response:
     return reply({"offers": offers})
 
 
-_ENV_FLAG_PORT = re.compile(r"\d{1,5}(?::\d{1,5})?(?:/(?:tcp|udp))?\Z")
-
-
-def _env_from_flags(text: str) -> dict[str, str]:
-    """The spec's ``env`` string (``"-e K=V -p 8000:8000"``) as the official client's dict."""
-    try:
-        words = shlex.split(text)
-    except ValueError:
-        raise ApiError(400, "invalid_args", "env: unbalanced quotes.") from None
-    env: dict[str, str] = {}
-    it = iter(words)
-    for word in it:
-        flag, _, inline = word.partition("=") if word.startswith("--") else (word, "", "")
-        if flag in ("-e", "--env"):
-            value = inline or next(it, "")
-            name, sep, val = value.partition("=")
-            if not sep or not name:
-                raise ApiError(400, "invalid_args", "env: -e takes NAME=VALUE.")
-            env[name] = val
-        elif flag in ("-p", "--publish"):
-            spec = inline or next(it, "")
-            if not _ENV_FLAG_PORT.match(spec):
-                raise ApiError(400, "invalid_args", "env: -p takes HOST:CONTAINER[/proto].")
-            host, _, rest = spec.partition(":")
-            env[f"-p {host}:{rest or host}"] = "1"
-        else:
-            raise ApiError(400, "invalid_args", "env: only -e and -p options are understood.")
-    return env
-
-
-def _create_args(body: dict[str, Any], st: SandboxState, offer: dict[str, Any]) -> dict[str, Any]:
-    template = None
-    if body.get("template_hash_id") is not None:
-        template = next((t for t in st.templates if t["hash_id"] == body["template_hash_id"]), None)
-        if template is None:
-            raise ApiError(400, "invalid_args", "Unknown template_hash_id.")
-    image = body.get("image") or (template["image"] if template else None)
-    if not isinstance(image, str) or not image.strip():
-        raise ApiError(400, "invalid_args", "image is required.")
-    env = body.get("env") or {}
-    if isinstance(env, str):  # the spec's form; the official client sends a dict
-        env = _env_from_flags(env)
-    if not isinstance(env, dict):
-        raise ApiError(400, "invalid_args", "env must be a string of docker options or an object.")
-    price = body.get("price")
-    if price is not None:
-        low, high = _CREATE_PRICE
-        if isinstance(price, bool) or not isinstance(price, int | float):
-            raise ApiError(400, "invalid_price", "price must be a number.")
-        if not low <= price <= high:
-            raise ApiError(400, "invalid_price", f"price must be between {low} and {high}.")
-        if price < float(offer["min_bid"]):
-            raise ApiError(400, "invalid_price", f"Bid {price} is below the minimum bid.")
-    disk = body.get("disk", 10.0)
-    if isinstance(disk, bool) or not isinstance(disk, int | float) or disk <= 0:
-        raise ApiError(400, "invalid_args", "disk must be a positive number of GB.")
-    if disk > float(offer["disk_space"]):
-        raise ApiError(400, "invalid_args", "disk exceeds the offer's disk_space.")
-    label = body.get("label")
-    if label is not None and (not isinstance(label, str) or len(label) > _LABEL_MAX):
-        raise ApiError(400, "invalid_args", f"label must be a string of at most {_LABEL_MAX}.")
-    onstart = body.get("onstart")
-    if onstart is not None and (not isinstance(onstart, str) or len(onstart) > _ONSTART_MAX):
-        raise ApiError(400, "invalid_args", f"onstart must be at most {_ONSTART_MAX} chars.")
-    runtype = body.get("runtype") or (template or {}).get("runtype") or "ssh"
-    args = body.get("args")
-    if args is not None and (not isinstance(args, list) or runtype != "args"):
-        raise ApiError(400, "invalid_args", "args is a list and needs runtype 'args'.")
-    return {
-        "image": image.strip(),
-        "env": {str(k): str(v) for k, v in env.items()},
-        "onstart": onstart,
-        "label": label,
-        "runtype": str(runtype),
-        "disk_gb": float(disk),
-        "bid": None if price is None else float(price),
-        "template_hash_id": body.get("template_hash_id"),
-        "args": [str(a) for a in args] if args is not None else None,
-    }
-
-
 async def create_instance(request: web.Request) -> web.Response:
     st = _st(request)
     offer_id = _int_id(request)
@@ -217,7 +133,7 @@ async def create_instance(request: web.Request) -> web.Response:
     if body.get("vm") and not cloud.account_keys:
         # The spec (L11-12, L1808): a VM takes no key after create, so one must be on the account.
         raise ApiError(400, "no_ssh_key_for_vm", "Add an SSH key to your account first.")
-    args = _create_args(body, st, offer.fields)
+    args = create_args(body, st.templates, offer.fields)
     inst = await cloud.create(offer_id=offer_id, **args)
     return reply({"success": True, "new_contract": inst.id})
 
@@ -334,8 +250,8 @@ async def manage_instance(request: web.Request) -> web.Response:
     cloud = _st(request).cloud
     if "label" in body:
         label = body["label"]
-        if label is not None and (not isinstance(label, str) or len(label) > _LABEL_MAX):
-            raise ApiError(400, "invalid_args", f"label must be at most {_LABEL_MAX} chars.")
+        if label is not None and (not isinstance(label, str) or len(label) > LABEL_MAX):
+            raise ApiError(400, "invalid_args", f"label must be at most {LABEL_MAX} chars.")
         inst.label = label
     state = body.get("state")
     if state is not None:

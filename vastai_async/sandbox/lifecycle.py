@@ -43,7 +43,8 @@ class LifecycleFault:
         oci_error: at the end of loading the container fails: ``exited`` with an OCI status_msg.
         offline_after_s: simulated seconds after reaching running, the host goes ``offline``.
         outbid_after_s: simulated seconds after reaching running, an interruptible instance is
-            outbid (``stopped`` everywhere); on-demand instances ignore it.
+            outbid (stopped, ``intended_status`` still ``running``: docs/wire-notes.md);
+            on-demand instances ignore it.
         times: how many rentals it hits (``None``: every rental).
     """
 

@@ -19,7 +19,7 @@ from typing import Any, Final, Literal
 import attrs
 
 # Re-exported: the request checks below raise it; it lives in the one error tree.
-from vastai_async.errors import InvalidRequestError
+from vastai_async.errors import InvalidRequestError, OutbidError
 
 __all__ = [
     "CHANGE_BID_RANGE",
@@ -208,6 +208,21 @@ class Instance:
             and self.intended_status == InstanceStatus.RUNNING
             and self.cur_state == InstanceStatus.STOPPED
             and self.actual_status != InstanceStatus.RUNNING
+        )
+
+    def outbid_error(self) -> OutbidError | None:
+        """An :class:`OutbidError` describing this instance when :meth:`is_outbid`, else ``None``.
+
+        For a held rental: raise it from a method that found the machine gone, so the caller
+        learns the market took it (``dph_base`` is reported as the bid held).
+        """
+        if not self.is_outbid():
+            return None
+        return OutbidError(
+            "interruptible rental stopped by the market: outbid",
+            instance_id=self.id,
+            bid=self.dph_base,
+            min_bid=self.min_bid,
         )
 
     def fatal_reason(self) -> str | None:

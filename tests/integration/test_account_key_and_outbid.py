@@ -111,6 +111,9 @@ async def test_outbid_has_the_documented_signature_and_a_stop_on_request_does_no
     outbid = await client.show_instance(ids[a.id])
     assert outbid.is_outbid()
     assert "outbid" in (outbid.fatal_reason() or "")
+    error = outbid.outbid_error()
+    assert error is not None
+    assert (error.instance_id, error.bid) == (ids[a.id], bids[a.id])
 
     await client.stop_instance(ids[b.id])
     stopped = await client.show_instance(ids[b.id])

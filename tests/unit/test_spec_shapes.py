@@ -84,3 +84,23 @@ def test_outbid_error_names_the_instance_and_the_bid() -> None:
     error = OutbidError("outbid", instance_id=42, bid=0.25, min_bid=0.3)
     assert isinstance(error, VastAIError)
     assert str(error) == "outbid instance=42 bid=0.25 min_bid=0.3"
+
+
+def test_an_outbid_instance_describes_itself_as_an_outbid_error() -> None:
+    fields = {"id": 7, "is_bid": True, "dph_base": 0.2, "min_bid": 0.3}
+    outbid = structure(
+        {
+            **fields,
+            "actual_status": "stopped",
+            "intended_status": "running",
+            "cur_state": "stopped",
+        },
+        Instance,
+    )
+    error = outbid.outbid_error()
+    assert error is not None
+    assert (error.instance_id, error.bid, error.min_bid) == (7, 0.2, 0.3)
+    asked = structure(
+        {**fields, "actual_status": "stopped", "intended_status": "stopped"}, Instance
+    )
+    assert asked.outbid_error() is None

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+#: Every request a VastAISession sends during a test is checked against its contract.
+pytest_plugins = ["tests.contract.plugin"]
+
 #: Noted before the autouse fixture wipes ``VASTAI_*``: live tests run only when both are set.
 LIVE_REQUESTED = os.environ.get("VASTAI_LIVE_TESTS") == "1"
 LIVE_API_KEY = os.environ.get("VASTAI_API_KEY") if LIVE_REQUESTED else None

@@ -25,6 +25,7 @@ from vastai_async.errors import (
     InvalidRequestError,
     NotFoundError,
     OfferUnavailableError,
+    OutbidError,
     PermissionDeniedError,
     ProvisioningError,
     RateLimitedError,
@@ -49,6 +50,9 @@ from vastai_async.timings import (
 if TYPE_CHECKING:
     from vastai_async._sandbox_link import (
         sandbox_config,
+    )
+    from vastai_async.account_keys import (
+        ensure_account_key,
     )
     from vastai_async.client import (
         VastAIClient,
@@ -124,6 +128,7 @@ _LAZY: dict[str, str] = {
     "VastAIConfig": "vastai_async.config",
     "VastAIService": "vastai_async.service",
     "VastAISession": "vastai_async.session",
+    "ensure_account_key": "vastai_async.account_keys",
     "generate_ssh_keypair": "vastai_async.config",
     "get_vastai_config": "vastai_async.config",
     "parse_cli_query": "vastai_async.query",
@@ -171,6 +176,7 @@ __all__ = [
     "Offer",
     "OfferQuery",
     "OfferUnavailableError",
+    "OutbidError",
     "Pacing",
     "PermissionDeniedError",
     "ProvisioningError",
@@ -198,6 +204,7 @@ __all__ = [
     "VastAIService",
     "VastAISession",
     "__version__",
+    "ensure_account_key",
     "generate_ssh_keypair",
     "get_vastai_config",
     "parse_cli_query",

@@ -1,11 +1,13 @@
 """The one configured cattrs converter: wire dicts <-> :mod:`vastai_async.models`.
 
-Every rename between a wire name and a model name is listed here (``_RENAMES``), nowhere else.
-Reading is liberal, as the API is: numbers arriving as strings, ``0``/``1`` for booleans, padded
-IP addresses, ``HostPort`` strings, ``extra_env`` as ``[k, v]`` pairs. Two converters come from one
-factory: :func:`structure` ignores unknown keys (production: Vast adds fields at any time);
-:func:`structure_strict` rejects them (tests on payloads holding exactly the modelled fields, so
-drift between the models and the recorded payloads is caught). Failures become
+Every rename between a wire name and a model name is listed here (``_RENAMES``), and every wire
+name read in place of another when it is missing (``_ALIASES``), nowhere else. Reading is
+liberal, as the API is: numbers arriving as strings, ``0``/``1`` for booleans, padded IP
+addresses, ``HostPort`` strings, ``ports`` as the v1 list's mapping or the spec's list of
+integers, ``extra_env`` as ``[k, v]`` pairs or the spec's ``"K=V"`` strings. Two converters
+come from one factory: :func:`structure` ignores unknown keys (production: Vast adds fields at
+any time); :func:`structure_strict` rejects them (tests on payloads holding exactly the modelled
+fields, so drift between the models and the recorded payloads is caught). Failures become
 :class:`~vastai_async.errors.ResponseValidationError` with cattrs' per-field messages, which name
 paths and expected types but never values (a value may be a secret).
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
 
 import attrs
@@ -46,13 +48,22 @@ _RENAMES: Final[Mapping[type, Mapping[str, str]]] = {
         "gpu_total_ram_mb": "gpu_total_ram",
         "cpu_ram_mb": "cpu_ram",
         "disk_space_gb": "disk_space",
-        "reliability": "reliability2",
     },
     Instance: {
         "gpu_ram_mb": "gpu_ram",
         "gpu_total_ram_mb": "gpu_totalram",  # sic: the instance endpoints drop the underscore
         "disk_space_gb": "disk_space",
     },
+}
+
+#: wire key -> wire keys read instead when it is missing or null, per model. Alternates are
+#: consumed, so strict mode accepts a payload carrying both (the spec's offer example does).
+_ALIASES: Final[Mapping[type, Mapping[str, tuple[str, ...]]]] = {
+    # The spec's search filter and example name ``reliability``; older answers carry only
+    # ``reliability2`` (the same 0..1 figure).
+    Offer: {"reliability": ("reliability2",)},
+    # ``GET /ssh/`` lists ``key``; ``POST /ssh/`` answers ``public_key``.
+    SSHKey: {"key": ("public_key",)},
 }
 
 #: Models read from the API (and RentalInfo, kept in the state folder).
@@ -124,8 +135,12 @@ def _host_ports(value: Any, _: Any) -> dict[str, tuple[int, ...]] | None:
     # IPv4 and IPv6 bindings of the same port separately, so keep each port once, in order.
     if value is None:
         return None
+    if isinstance(value, list):
+        # The spec's show answer: exposed ports as integers ([8080, 8081]), with no host
+        # mapping. Keep them as known ports whose host side is unknown; never invent one.
+        return {f"{_to_int(port, int)}/tcp": () for port in value}
     if not isinstance(value, Mapping):
-        raise TypeError("ports must be a mapping")
+        raise TypeError("ports must be a mapping or a list")
     result: dict[str, tuple[int, ...]] = {}
     for key, bindings in value.items():
         ports: list[int] = []
@@ -139,13 +154,18 @@ def _host_ports(value: Any, _: Any) -> dict[str, tuple[int, ...]] | None:
 
 
 def _extra_env(value: Any, _: Any) -> dict[str, str]:
-    # The wire sends [[k, v], ...]; accept a dict too. Values may be numbers: keep them as text.
+    # The v1 list sends [[k, v], ...], the spec's Instance schema ["K=V", ...]; accept a dict too.
+    # Values may be numbers: keep them as text.
     if value is None:
         return {}
     items = value.items() if isinstance(value, Mapping) else value
     result: dict[str, str] = {}
-    for pair in items:
-        key, val = pair
+    for item in items:
+        if isinstance(item, str):
+            key, _sep, text = item.partition("=")
+            result[key] = text
+            continue
+        key, val = item
         result[_to_str(key, str)] = "" if val is None else _to_str(val, str)
     return result
 
@@ -185,7 +205,25 @@ def _field_overrides(cls: type) -> dict[str, Any]:
         )
     if cls is SSHKey:
         overrides["created_at"] = override(struct_hook=_epoch)
+        overrides["deleted_at"] = override(struct_hook=_epoch)
     return overrides
+
+
+def _with_aliases(
+    fn: Callable[[Any, Any], Any], aliases: Mapping[str, tuple[str, ...]]
+) -> Callable[[Any, Any], Any]:
+    def hook(data: Any, cls: Any) -> Any:
+        if isinstance(data, Mapping):
+            data = dict(data)
+            for primary, alternates in aliases.items():
+                for alternate in alternates:
+                    if alternate in data:
+                        value = data.pop(alternate)
+                        if data.get(primary) is None:
+                            data[primary] = value
+        return fn(data, cls)
+
+    return hook
 
 
 def make_converter(*, forbid_extra_keys: bool) -> cattrs.Converter:
@@ -204,7 +242,10 @@ def make_converter(*, forbid_extra_keys: bool) -> cattrs.Converter:
     conv.register_structure_hook(str, _to_str)
     for cls in _MODELS:
         overrides = _field_overrides(cls)
-        conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, **overrides))
+        structure_fn: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, conv, **overrides)
+        if cls in _ALIASES:
+            structure_fn = _with_aliases(structure_fn, _ALIASES[cls])
+        conv.register_structure_hook(cls, structure_fn)
         conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **overrides))
     # The request goes out through its own to_wire(); this only lets callers persist it.
     conv.register_unstructure_hook(

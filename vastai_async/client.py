@@ -8,6 +8,7 @@ which calls are idempotent and which one may rent a machine (``kind="create"``).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
@@ -15,12 +16,15 @@ from typing import Any, Final
 from vastai_async import _converter
 from vastai_async.config import VastAIConfig
 from vastai_async.errors import (
+    INSTANCE_GONE_CODES,
     APITimeoutError,
+    BadRequestError,
     CreateOutcomeUnknownError,
     NotFoundError,
     ResponseValidationError,
 )
 from vastai_async.models import (
+    CHANGE_BID_RANGE,
     MAX_LABEL_CHARS,
     CreateInstanceRequest,
     CreateInstanceResponse,
@@ -250,25 +254,37 @@ class VastAIClient:
         """Destroy one instance (``DELETE /instances/{id}/``), retried until answered.
 
         Returns:
-            ``True`` when destroyed now, ``False`` when it was already gone (404
-            ``no_such_instance``, e.g. a retry after a lost answer).
+            ``True`` when destroyed now, ``False`` when it was already gone: any documented
+            "gone" answer, i.e. a 404 ``not_found`` (the published spec) or
+            ``no_such_instance`` (e.g. a retry after a lost answer, or a second destroy).
         """
         try:
             await self.session.request(
                 "DELETE", _INSTANCE, path_params={"id": instance_id}, idempotent=True
             )
         except NotFoundError as err:
-            if err.code == "no_such_instance":
+            if err.code in INSTANCE_GONE_CODES:
                 return False
             raise
         return True
 
     async def destroy_instances(self, instance_ids: Sequence[int]) -> None:
-        """Bulk destroy (``DELETE /instances/`` with ``instance_ids``). Confirm with a list call."""
+        """Bulk destroy (``DELETE /instances/`` with ``instance_ids``). Confirm with a list call.
+
+        The bulk route is what the official client sends; the published spec does not list it.
+        When it answers 404 (an id already gone, or no such route), each instance is destroyed
+        on its own instead, where a "gone" answer counts as destroyed.
+        """
         if not instance_ids:
             return
-        body = {"instance_ids": [int(i) for i in instance_ids]}
-        await self.session.request("DELETE", _INSTANCES, json=body, idempotent=True)
+        ids = [int(i) for i in instance_ids]
+        try:
+            await self.session.request(
+                "DELETE", _INSTANCES, json={"instance_ids": ids}, idempotent=True
+            )
+        except NotFoundError:
+            for instance_id in ids:
+                await self.destroy_instance(instance_id)
 
     async def start_instance(self, instance_id: int) -> None:
         """Start a stopped instance (may fail as ``success: false``, ``resources_unavailable``)."""
@@ -294,7 +310,14 @@ class VastAIClient:
         )
 
     async def change_bid(self, instance_id: int, price: float) -> None:
-        """Set an interruptible instance's bid, USD/hour."""
+        """Set an interruptible instance's bid, USD/hour.
+
+        Raises:
+            InvalidRequestError: the price is outside the spec's 0.001..32 (nothing is sent).
+        """
+        low, high = CHANGE_BID_RANGE
+        if not (math.isfinite(price) and low <= price <= high):
+            raise InvalidRequestError(f"bid price must be between {low:g} and {high:g} USD/hour")
         body = {"client_id": "me", "price": float(price)}
         await self.session.request(
             "PUT", _BID, path_params={"id": instance_id}, json=body, idempotent=True
@@ -361,15 +384,24 @@ class VastAIClient:
         )
 
     async def list_ssh_keys(self) -> list[SSHKey]:
-        """The public keys registered on the account (``GET /ssh/``)."""
-        data = await self.session.request("GET", _SSH_KEYS)
+        """The public keys registered on the account (``GET /ssh/``).
+
+        The spec answers 404 "No SSH keys found" when there are none: that is ``[]``.
+        """
         ctx: dict[str, Any] = {"method": "GET", "path": _SSH_KEYS}
+        try:
+            data = await self.session.request("GET", _SSH_KEYS)
+        except NotFoundError:
+            return []
         if isinstance(data, dict):  # liberal: a wrapped list
             data = next((data[k] for k in ("ssh_keys", "keys") if k in data), data)
         return _converter.structure_list(data, SSHKey, **ctx)
 
     async def add_ssh_key(self, public_key: str) -> SSHKey | None:
         """Register a public key on the account (``POST /ssh/``; not retried once sent).
+
+        Vast adds the key to every current instance of the account, and later creates get it
+        too. The answer's ``key`` object carries ``public_key`` (the spec).
 
         Returns:
             The new key when the answer describes it, else ``None``.
@@ -380,13 +412,28 @@ class VastAIClient:
             item = next(
                 (data[k] for k in ("key", "ssh_key") if isinstance(data.get(k), dict)), data
             )
-            if "id" in item and "key" in item:
+            if "id" in item and ("public_key" in item or "key" in item):
                 return _converter.structure(item, SSHKey, **ctx)
         return None
 
-    async def delete_ssh_key(self, key_id: int) -> None:
-        """Remove a key from the account (``DELETE /ssh/{id}/``)."""
-        await self.session.request("DELETE", _SSH_KEY, path_params={"id": key_id}, idempotent=True)
+    async def delete_ssh_key(self, key_id: int) -> bool:
+        """Remove a key from the account (``DELETE /ssh/{id}/``).
+
+        Returns:
+            ``True`` when removed now, ``False`` when there was no such key (the spec's 400
+            ``no_ssh_key``, e.g. a retry of a delete that had already landed).
+        """
+        try:
+            await self.session.request(
+                "DELETE", _SSH_KEY, path_params={"id": key_id}, idempotent=True
+            )
+        except NotFoundError:
+            return False
+        except BadRequestError as err:
+            if err.code == "no_ssh_key":
+                return False
+            raise
+        return True
 
     # -- account -----------------------------------------------------------------------------
 

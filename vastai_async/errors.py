@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "INSTANCE_GONE_CODES",
     "APIConnectionError",
     "APIError",
     "APIStatusError",
@@ -27,6 +28,7 @@ __all__ = [
     "InvalidRequestError",
     "NotFoundError",
     "OfferUnavailableError",
+    "OutbidError",
     "PermissionDeniedError",
     "ProvisioningError",
     "RateLimitedError",
@@ -168,6 +170,11 @@ class OfferUnavailableError(APIStatusError):
     """``no_such_ask``: the offer was rented by someone else or withdrawn."""
 
 
+#: Vast ``error`` codes of a 404 meaning "this instance does not exist (any more)": the published
+#: spec's ``not_found`` on destroy, and ``no_such_instance`` on change-bid and key removal.
+INSTANCE_GONE_CODES: frozenset[str] = frozenset({"not_found", "no_such_instance"})
+
+
 class InsufficientCreditError(BadRequestError):
     """``missing_billing``: the account lacks credit."""
 
@@ -201,6 +208,7 @@ _BY_CODE: Mapping[str, type[APIStatusError]] = {
     "rate_limit_exceeded": RateLimitedError,
     "search_quota_exceeded": RateLimitedError,
     "no_such_instance": NotFoundError,
+    "not_found": NotFoundError,
 }
 
 _BY_STATUS: Mapping[int, type[APIStatusError]] = {
@@ -266,6 +274,37 @@ def make_status_error(
     if cls is RateLimitedError:
         return RateLimitedError(message, retry_after=retry_after, **kwargs)
     return cls(message, **kwargs)
+
+
+class OutbidError(VastAIError):
+    """An interruptible rental was stopped by the market: a higher bid took its machine.
+
+    Attributes:
+        instance_id: the instance.
+        bid: the bid it held, USD/hour, if known.
+        min_bid: the machine's minimum bid when it was seen outbid, if known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        instance_id: int,
+        bid: float | None = None,
+        min_bid: float | None = None,
+    ) -> None:
+        self.instance_id = instance_id
+        self.bid = bid
+        self.min_bid = min_bid
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        parts = [f"{self.args[0]} instance={self.instance_id}"]
+        if self.bid is not None:
+            parts.append(f"bid={self.bid:g}")
+        if self.min_bid is not None:
+            parts.append(f"min_bid={self.min_bid:g}")
+        return " ".join(parts)
 
 
 class SSHError(VastAIError):

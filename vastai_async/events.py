@@ -25,9 +25,11 @@ __all__ = [
     "EventEmitter",
     "InstanceCreated",
     "InstanceDestroyed",
+    "Outbid",
     "ProbeAttempt",
     "RaceFailed",
     "RaceStarted",
+    "SSHKeyPath",
     "SpendUpdate",
     "StatusChanged",
     "WinnerChosen",
@@ -57,6 +59,24 @@ class RaceStarted(Event):
 
     candidates: int
     fan_out: int
+
+
+@attrs.frozen(kw_only=True)
+class SSHKeyPath(Event):
+    """Where the SSH public key goes for this service's rentals.
+
+    Attributes:
+        path: ``"account"`` (registered on the account before the first create; no
+            per-instance attach) or ``"instance"`` (attached to each instance after create).
+        key_id: the account key's id when ``path == "account"``.
+        added: whether the key was added to the account now (``False``: it was there already).
+        reason: why the account path was not taken, when it was not.
+    """
+
+    path: str
+    key_id: int | None = None
+    added: bool = False
+    reason: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -140,6 +160,21 @@ class InstanceDestroyed(Event):
     instance_id: int
     reason: str
     already_gone: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Outbid(Event):
+    """An interruptible rental was stopped by the market (see ``Instance.is_outbid``).
+
+    Attributes:
+        instance_id: the instance.
+        bid: the bid it held, USD/hour, when known.
+        min_bid: the machine's minimum bid when it was seen stopped, when known.
+    """
+
+    instance_id: int
+    bid: float | None = None
+    min_bid: float | None = None
 
 
 @attrs.frozen(kw_only=True)

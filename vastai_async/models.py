@@ -19,9 +19,11 @@ from typing import Any, Final, Literal
 import attrs
 
 # Re-exported: the request checks below raise it; it lives in the one error tree.
-from vastai_async.errors import InvalidRequestError
+from vastai_async.errors import InvalidRequestError, OutbidError
 
 __all__ = [
+    "CHANGE_BID_RANGE",
+    "CREATE_PRICE_RANGE",
     "DEFAULT_RUNTYPE",
     "MAX_LABEL_CHARS",
     "MAX_ONSTART_CHARS",
@@ -42,9 +44,19 @@ __all__ = [
 ]
 
 #: Direct and proxy SSH, spelled as the official CLI spells ``--ssh --direct`` (sic ``direc``).
+#: The published spec's enum lists ``ssh_direct`` and ``ssh_proxy`` as single values; we send
+#: what the official client sends, which works against production (docs/wire-notes.md).
 DEFAULT_RUNTYPE: Final = "ssh_direc ssh_proxy"
+#: The spec's limit on ``onstart`` (its description; the schema states none).
 MAX_ONSTART_CHARS: Final = 4048
+#: The spec's ``maxLength`` of a label set with ``PUT /instances/{id}``.
 MAX_LABEL_CHARS: Final = 1024
+#: Create's ``price`` (an interruptible bid), USD/hour: the spec's minimum and maximum.
+CREATE_PRICE_RANGE: Final = (0.001, 128.0)
+#: Change-bid's ``price``, USD/hour: the spec's minimum and maximum (lower than create's).
+CHANGE_BID_RANGE: Final = (0.001, 32.0)
+#: Slack when comparing a price Vast reports with the bid we sent (float rounding on the wire).
+_PRICE_SLACK: Final = 1e-6
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # A lenient docker reference: no whitespace or option-like leading dash (Vast's own default
@@ -75,8 +87,9 @@ class InstanceStatus:
 class Offer:
     """A rentable machine offer from ``POST /bundles/``.
 
-    Attributes mirror the wire fields; ``gpu_ram_mb``, ``gpu_total_ram_mb``, ``cpu_ram_mb``,
-    ``disk_space_gb`` and ``reliability`` (wire ``reliability2``) are renamed to carry their unit.
+    Attributes mirror the wire fields; ``gpu_ram_mb``, ``gpu_total_ram_mb``, ``cpu_ram_mb`` and
+    ``disk_space_gb`` are renamed to carry their unit. ``reliability`` is the wire's
+    ``reliability`` (the spec's filter name), or ``reliability2`` when only that is sent.
     ``dph_total`` is USD/hour including storage for the searched ``allocated_storage``.
     """
 
@@ -173,19 +186,51 @@ class Instance:
     gpu_ram_mb: float | None = None
     gpu_total_ram_mb: float | None = None
     disk_space_gb: float | None = None
+    is_bid: bool | None = None
+    min_bid: float | None = None
+    dph_base: float | None = None
 
     def is_running(self) -> bool:
         """Whether Vast reports the container running (not yet proof that SSH answers)."""
         return self.actual_status == InstanceStatus.RUNNING
 
+    def is_outbid(self) -> bool:
+        """Whether the market stopped this interruptible rental (a higher bid took the machine).
+
+        The published spec documents outbid only as the ``client:outbid`` notification, so the
+        SDK decides the instance-field signature (docs/wire-notes.md): ``is_bid`` is true, the
+        caller still wants it running (``intended_status`` ``running``) and the machine
+        contract is stopped (``cur_state`` ``stopped``) while the container does not run. A stop
+        the caller asked for sets ``intended_status`` to ``stopped`` and is never read as outbid.
+        """
+        return (
+            self.is_bid is True
+            and self.intended_status == InstanceStatus.RUNNING
+            and self.cur_state == InstanceStatus.STOPPED
+            and self.actual_status != InstanceStatus.RUNNING
+        )
+
+    def outbid_error(self) -> OutbidError | None:
+        """An :class:`OutbidError` describing this instance when :meth:`is_outbid`, else ``None``.
+
+        For a held rental: raise it from a method that found the machine gone, so the caller
+        learns the market took it (``dph_base`` is reported as the bid held).
+        """
+        if not self.is_outbid():
+            return None
+        return OutbidError(
+            "interruptible rental stopped by the market: outbid",
+            instance_id=self.id,
+            bid=self.dph_base,
+            min_bid=self.min_bid,
+        )
+
     def fatal_reason(self) -> str | None:
         """Why this instance cannot become a usable fresh rental, or ``None`` if it still can.
 
-        Fatal: ``exited``, ``unknown``, ``offline``; a ``status_msg`` reporting an OCI runtime
-        failure or an ``Error``; and a stop in which ``actual_status``, ``intended_status``,
-        ``cur_state`` and ``next_state`` are all ``stopped`` (how an outbid interruptible looks).
-        A stop the caller asked for itself looks exactly the same: callers that stop instances on
-        purpose must not read this as a failure.
+        Fatal: ``exited``, ``unknown``, ``offline`` (the spec: "will never reach running");
+        a ``status_msg`` reporting an OCI runtime failure or an ``Error``; and an outbid
+        interruptible rental (:meth:`is_outbid`). A stop the caller asked for is not fatal.
         """
         status = self.actual_status
         msg = self.status_msg or ""
@@ -196,9 +241,24 @@ class Instance:
             return f"status {status}"
         if "Error" in msg:
             return "status message reports an Error"
-        stopped = InstanceStatus.STOPPED
-        if (status, self.intended_status, self.cur_state, self.next_state) == (stopped,) * 4:
-            return "stopped (outbid interruptible, or stopped on request)"
+        if self.is_outbid():
+            return "outbid: the market stopped this interruptible rental"
+        return None
+
+    def interruptible_mismatch(self, bid: float) -> str | None:
+        """Why this instance is not the interruptible rental at ``bid`` we asked for, or ``None``.
+
+        Checked right after a create with a bid: ``is_bid`` must not be false, and the GPU rate
+        Vast bills (``dph_base``), when stated, must not exceed the bid. A field the answer
+        leaves out cannot disprove the rental and is not held against it.
+
+        Args:
+            bid: the create's ``price``, USD/hour.
+        """
+        if self.is_bid is False:
+            return "created with a bid but Vast reports an on-demand rental (is_bid false)"
+        if self.dph_base is not None and self.dph_base > bid * (1 + _PRICE_SLACK) + _PRICE_SLACK:
+            return f"billed {self.dph_base:g} USD/h, above the bid of {bid:g} USD/h"
         return None
 
     def is_fatal(self) -> bool:
@@ -245,22 +305,30 @@ class User:
 
 @attrs.frozen(kw_only=True)
 class SSHKey:
-    """A public key registered on the account; ``created_at`` is epoch seconds when known."""
+    """A public key registered on the account.
+
+    ``key`` is the OpenSSH line (the list answer's ``key``, the add answer's ``public_key``);
+    ``created_at`` and ``deleted_at`` are epoch seconds when known (the wire sends ISO dates).
+    """
 
     id: int
     key: str
+    user_id: int | None = None
     created_at: float | None = None
+    deleted_at: float | None = None
 
 
 @attrs.frozen(kw_only=True)
 class Template:
-    """A Vast template; only ``id`` and ``hash_id`` are required, the rest is read if present.
+    """A Vast template; only ``id`` is required, the rest is read if present.
 
-    ``env`` is the template's docker-style option string (``"-e A=1 -p 8080:8080"``).
+    The spec's schema names only ``id``, ``name`` and ``image``; ``hash_id`` (what a create's
+    ``template_hash_id`` takes) is read when the answer carries it. ``env`` is the template's
+    docker-style option string (``"-e A=1 -p 8080:8080"``).
     """
 
     id: int
-    hash_id: str
+    hash_id: str | None = None
     name: str | None = None
     image: str | None = None
     tag: str | None = None
@@ -360,8 +428,11 @@ def _check_request(req: CreateInstanceRequest) -> None:
         raise InvalidRequestError(f"label is longer than {MAX_LABEL_CHARS} characters")
     if not (math.isfinite(req.disk_gb) and req.disk_gb > 0):
         raise InvalidRequestError("disk_gb must be a positive number")
-    if req.price is not None and not (math.isfinite(req.price) and req.price >= 0):
-        raise InvalidRequestError("price (bid, USD/hour) must be >= 0, or None for on-demand")
+    low, high = CREATE_PRICE_RANGE
+    if req.price is not None and not (math.isfinite(req.price) and low <= req.price <= high):
+        raise InvalidRequestError(
+            f"price (bid, USD/hour) must be between {low:g} and {high:g}, or None for on-demand"
+        )
     if req.args is not None and req.runtype != "args":
         raise InvalidRequestError("args are only sent with runtype 'args'")
 
@@ -382,7 +453,9 @@ class CreateInstanceRequest:
         template_hash_id: template to start from.
         runtype: space-separated launch mode; the default asks for direct and proxy SSH.
         args: container arguments, only with ``runtype="args"``.
-        cancel_unavail: fail (410) instead of waiting when the offer is unavailable.
+        cancel_unavail: fail (410) instead of waiting when the offer is unavailable; ``None``
+            leaves the key out so Vast's default applies (true for on-demand, false for
+            interruptible).
         force: the official CLI's ``--force``.
 
     Raises:
@@ -400,16 +473,18 @@ class CreateInstanceRequest:
     template_hash_id: str | None = None
     runtype: str = DEFAULT_RUNTYPE
     args: tuple[str, ...] | None = None
-    cancel_unavail: bool = False
+    cancel_unavail: bool | None = None
     force: bool = False
 
     def __attrs_post_init__(self) -> None:
         _check_request(self)
 
     def to_wire(self) -> dict[str, Any]:
-        """The JSON body of ``PUT /asks/{id}/``, with exactly the official CLI's keys.
+        """The JSON body of ``PUT /asks/{id}/``, with the official CLI's keys.
 
-        Ports become env keys ``"-p 8080:8080"`` (``"-p 53:53/udp"``) with value ``"1"``.
+        Ports become env keys ``"-p 8080:8080"`` (``"-p 53:53/udp"``) with value ``"1"``: ``env``
+        goes out as the official client's dict, not the spec's Docker-flag string. The
+        ``cancel_unavail`` key is sent only when set, so Vast's per-type default applies.
         """
         env = dict(self.env)
         for spec in self.ports:
@@ -429,11 +504,12 @@ class CreateInstanceRequest:
             "use_jupyter_lab": False,
             "jupyter_dir": None,
             "force": self.force,
-            "cancel_unavail": self.cancel_unavail,
             "template_hash_id": self.template_hash_id,
             "user": None,
             "runtype": self.runtype,
         }
+        if self.cancel_unavail is not None:
+            body["cancel_unavail"] = self.cancel_unavail
         if self.runtype == "args":
             body["args"] = list(self.args or ())
         return body

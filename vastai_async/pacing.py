@@ -1,10 +1,11 @@
 """Per-route minimum intervals between requests: the one published table.
 
-Vast's generated API spec gives per-route thresholds whose unit is unclear (vast-api.md). We read
-each figure as a rate in requests per second per identity, so the minimum interval is
-``1 / threshold`` seconds. Routes the spec does not list get a conservative guess, marked below.
-The sandbox's default rate limits and the benchmarks read the same reading; a test compares the
-sandbox's own table with this one.
+Vast's published OpenAPI spec gives, in the 429 example of most routes, ``threshold=X``
+(docs/wire-notes.md). The unit is unstated; we read each figure as a rate in requests per second
+per identity, so the minimum interval is ``1 / threshold`` seconds. Every figure below names its
+source: a spec line (``L1892``), or "not in spec" with the conservative guess we keep instead.
+The sandbox's default rate limits read the same figures; a test compares the sandbox's own table
+with this one.
 
 Route keys are ``"METHOD /api/vN/path/{template}/"``.
 """
@@ -27,23 +28,23 @@ def route_key(method: str, template: str) -> str:
 #: Minimum seconds between two requests on one route (threshold read as requests/second).
 DEFAULT_MIN_INTERVALS: Mapping[str, float] = MappingProxyType(
     {
-        route_key("POST", "/api/v0/bundles/"): 1 / 2,  # search: "burst 2"
-        route_key("PUT", "/api/v0/asks/{id}/"): 1 / 4.5,  # create: 4.5 (example value)
-        route_key("GET", "/api/v1/instances/"): 1 / 2,  # v1 list: not listed; as show one
-        route_key("GET", "/api/v0/instances/"): 1 / 20,  # legacy list: 20
-        route_key("GET", "/api/v0/instances/{id}/"): 1 / 2,  # show one: 2
-        route_key("PUT", "/api/v0/instances/{id}/"): 1 / 1,  # start/stop/label: 1
-        route_key("DELETE", "/api/v0/instances/{id}/"): 1 / 3,  # destroy: 3
-        route_key("DELETE", "/api/v0/instances/"): 1 / 3,  # bulk destroy: not listed; as destroy
-        route_key("PUT", "/api/v0/instances/bid_price/{id}/"): 1 / 1,  # not listed; as PUT
-        route_key("PUT", "/api/v0/instances/reboot/{id}/"): 1 / 1,  # not listed; as PUT
-        route_key("PUT", "/api/v0/instances/request_logs/{id}/"): 1 / 1,  # not listed; as PUT
-        route_key("POST", "/api/v0/instances/{id}/ssh/"): 1 / 1,  # attach key: not listed
-        route_key("GET", "/api/v0/ssh/"): 1 / 1,  # account keys: not listed
-        route_key("POST", "/api/v0/ssh/"): 1 / 1,  # not listed
-        route_key("DELETE", "/api/v0/ssh/{id}/"): 1 / 1,  # not listed
-        route_key("GET", "/api/v0/users/current"): 1 / 1,  # current user: not listed
-        route_key("GET", "/api/v0/template/"): 1 / 1.9,  # templates: 1.9
+        route_key("POST", "/api/v0/bundles/"): 1 / 2,  # search: not in spec; guess 2
+        route_key("PUT", "/api/v0/asks/{id}/"): 1 / 4.5,  # create: spec 4.5 (L1892)
+        route_key("GET", "/api/v1/instances/"): 1 / 1,  # v1 list: spec 1.0 (L8393)
+        route_key("GET", "/api/v0/instances/"): 1 / 20,  # legacy list: route not in spec; 20
+        route_key("GET", "/api/v0/instances/{id}/"): 1 / 2,  # show one: spec 2.0 (L3927)
+        route_key("PUT", "/api/v0/instances/{id}/"): 1 / 1,  # start/stop/label: spec 1.0 (L3872)
+        route_key("DELETE", "/api/v0/instances/{id}/"): 1 / 3,  # destroy: spec 3.0 (L3789)
+        route_key("DELETE", "/api/v0/instances/"): 1 / 3,  # bulk: route not in spec; as destroy
+        route_key("PUT", "/api/v0/instances/bid_price/{id}/"): 1 / 5.5,  # spec 5.5 (L587)
+        route_key("PUT", "/api/v0/instances/reboot/{id}/"): 1 / 1,  # spec 1.0 (L5654)
+        route_key("PUT", "/api/v0/instances/request_logs/{id}/"): 1 / 1,  # not in spec; guess 1
+        route_key("POST", "/api/v0/instances/{id}/ssh/"): 1 / 1,  # attach: not in spec; guess 1
+        route_key("GET", "/api/v0/ssh/"): 1 / 1,  # account keys: not in spec; guess 1
+        route_key("POST", "/api/v0/ssh/"): 1 / 1,  # add account key: spec 1.0 (L1986)
+        route_key("DELETE", "/api/v0/ssh/{id}/"): 1 / 1,  # not in spec; as PUT ssh/{id} (L3540)
+        route_key("GET", "/api/v0/users/current"): 1 / 1,  # not in spec; guess 1
+        route_key("GET", "/api/v0/template/"): 1 / 3,  # templates: spec 3.0 (L2909)
     }
 )
 

@@ -228,7 +228,8 @@ class OfferQuery:
         if self.max_usd_per_hour is not None:
             q["dph_total"] = {"lte": self.max_usd_per_hour}
         if self.min_reliability is not None:
-            q["reliability2"] = {"gte": self.min_reliability}
+            # The spec's filter name (and the current official CLI's); not ``reliability2``.
+            q["reliability"] = {"gte": self.min_reliability}
         if self.min_direct_ports is not None:
             q["direct_port_count"] = {"gte": self.min_direct_ports}
         if self.geolocation_in:

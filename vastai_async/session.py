@@ -38,7 +38,7 @@ from vastai_async.errors import (
 from vastai_async.pacing import Pacing
 from vastai_async.timings import Timings
 
-__all__ = ["ExternalResponse", "RequestKind", "RetryPolicy", "VastAISession"]
+__all__ = ["Exchange", "ExternalResponse", "RequestKind", "RetryPolicy", "VastAISession"]
 
 #: ``read``: no side effect; ``write``: changes state; ``create``: may rent a machine.
 RequestKind = Literal["read", "write", "create"]
@@ -57,6 +57,27 @@ class ExternalResponse:
 
     status: int
     text: str = attrs.field(repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class Exchange:
+    """One answered attempt, as handed to :attr:`VastAISession.observers` (contract tests).
+
+    Attributes:
+        method: HTTP method.
+        template: path template (``/api/v0/instances/{id}/``).
+        params: query values as sent (strings), or ``None``.
+        body: the JSON body as sent (may hold secrets: never log it).
+        status: HTTP status answered.
+        response: the raw response body.
+    """
+
+    method: str
+    template: str
+    params: Mapping[str, str] | None
+    body: Any = attrs.field(repr=False)
+    status: int
+    response: bytes = attrs.field(repr=False)
 
 
 def _disable_silent_replay(http: aiohttp.ClientSession) -> None:
@@ -133,6 +154,8 @@ class VastAISession:
         self._owns_http = session is None
         self._closed = False
         self._pacer = RoutePacer(pacing if pacing is not None else config.pacing)
+        #: Called with every answered attempt, in order; an exception in one propagates.
+        self.observers: list[Callable[[Exchange], None]] = []
         self._with_retries = build_retrying(self.retry, on_backoff=self._on_backoff)(self._attempt)
 
     def __repr__(self) -> str:
@@ -336,6 +359,17 @@ class VastAISession:
             call.attempt,
             extra={"vastai_status": status, "vastai_attempt": call.attempt},
         )
+        for observe in self.observers:
+            observe(
+                Exchange(
+                    method=call.method,
+                    template=call.template,
+                    params=call.params,
+                    body=call.body,
+                    status=status,
+                    response=body,
+                )
+            )
         return self._interpret(call, status, resp_headers, body)
 
     def _connection_error(

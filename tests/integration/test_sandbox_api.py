@@ -80,8 +80,8 @@ class Api:
         body, _ = await self.call(
             "PUT", f"/api/v0/asks/{offer_id}/", json={"image": "ubuntu", **extra}
         )
+        assert set(body) == {"success", "new_contract"}  # the spec's answer, nothing more
         assert body["success"] is True
-        assert isinstance(body["instance_api_key"], str)
         return int(body["new_contract"])
 
 
@@ -167,14 +167,24 @@ async def test_bad_create_bodies_are_400(api: Api, body: dict[str, Any], code: s
     assert got["error"] == code
 
 
-async def test_unknown_offer_is_no_such_ask_404_or_410_with_cancel_unavail(api: Api) -> None:
-    """An offer that does not exist answers the real no_such_ask bodies."""
-    got, _ = await api.call("PUT", "/api/v0/asks/17/", json={"image": "u"}, status=404)
+@pytest.mark.parametrize(
+    ("extra", "status", "code"),
+    [
+        ({"cancel_unavail": False}, 404, "invalid_args"),
+        ({"cancel_unavail": True}, 410, "no_such_ask"),
+        ({}, 410, "no_such_ask"),  # the spec: cancel_unavail defaults to true on demand
+        ({"price": 0.5}, 404, "invalid_args"),  # ... and to false for interruptibles
+    ],
+)
+async def test_unknown_offer_is_no_such_ask_404_or_410_with_cancel_unavail(
+    api: Api, extra: dict[str, Any], status: int, code: str
+) -> None:
+    """An offer that does not exist answers the spec's no_such_ask bodies."""
+    body = {"image": "u", **extra}
+    got, _ = await api.call("PUT", "/api/v0/asks/17/", json=body, status=status)
+    assert got["error"] == code
     assert got["ask_id"] == 17
     assert "no_such_ask" in got["msg"]
-    body = {"image": "u", "cancel_unavail": True}
-    got, _ = await api.call("PUT", "/api/v0/asks/17/", json=body, status=410)
-    assert got["error"] == "no_such_ask"
 
 
 async def test_no_credit_is_missing_billing() -> None:
@@ -190,17 +200,30 @@ async def test_no_credit_is_missing_billing() -> None:
 
 
 async def test_unknown_instance_answers(api: Api) -> None:
-    """GET one -> 200 null; DELETE, PUT, reboot, attach key -> 404 no_such_instance."""
+    """Each route answers a missing instance as the spec documents it (GET one: vast-api.md)."""
     got, _ = await api.call("GET", "/api/v0/instances/123/")
     assert got == {"instances": None}
-    for method, path, body in [
-        ("DELETE", "/api/v0/instances/123/", {}),
-        ("PUT", "/api/v0/instances/123/", {"label": "x"}),
-        ("PUT", "/api/v0/instances/reboot/123/", {}),
-        ("POST", "/api/v0/instances/123/ssh/", {"ssh_key": PUBKEY}),
+    for method, path, body, status, code, msg in [
+        ("DELETE", "/api/v0/instances/123/", {}, 404, "not_found", "Instance not found"),
+        ("DELETE", "/api/v0/instances/abc/", {}, 400, "invalid_args", "invalid instance_id"),
+        ("PUT", "/api/v0/instances/123/", {"label": "x"}, 404, "no_such_instance", None),
+        ("PUT", "/api/v0/instances/reboot/123/", {}, 400, "invalid_args", "invalid instance_id"),
+        ("PUT", "/api/v0/instances/request_logs/123/", {}, 404, "invalid_id", None),
+        ("POST", "/api/v0/instances/123/ssh/", {"ssh_key": PUBKEY}, 404, "no_such_instance", None),
+        (
+            "PUT",
+            "/api/v0/instances/bid_price/123/",
+            {"client_id": "me", "price": 0.5},
+            404,
+            "no_such_instance",
+            "Instance with that ID does not exist.",
+        ),
     ]:
-        got, _ = await api.call(method, path, json=body, status=404)
-        assert got["error"] == "no_such_instance"
+        got, _ = await api.call(method, path, json=body, status=status)
+        assert got["success"] is False
+        assert got["error"] == code, path
+        if msg is not None:
+            assert got["msg"] == msg
 
 
 async def test_v1_paging_returns_every_instance_once_in_order(api: Api) -> None:
@@ -262,12 +285,21 @@ async def test_label_change_and_bulk_destroy(api: Api, sb: Sandbox) -> None:
 
 async def test_account_keys_and_instance_key_attach(api: Api, sb: Sandbox) -> None:
     """Account keys list/add/delete; attaching a key to an instance makes it authorized."""
+    none, _ = await api.call("GET", "/api/v0/ssh/", status=404)  # the spec: none -> 404
+    assert none["msg"] == "No SSH keys found for the user"
     added, _ = await api.call("POST", "/api/v0/ssh/", json={"ssh_key": PUBKEY})
+    assert set(added["key"]) == {"id", "user_id", "public_key", "created_at", "deleted_at"}
+    assert added["key"]["public_key"] == PUBKEY
+    assert added["key"]["created_at"].endswith("Z")  # a date-time, as the spec shows
     listed, _ = await api.call("GET", "/api/v0/ssh/")
     assert [k["key"] for k in listed] == [PUBKEY]
+    assert set(listed[0]) == {"id", "user_id", "key", "created_at", "deleted_at"}
     await api.call("DELETE", f"/api/v0/ssh/{added['key']['id']}/")
-    listed, _ = await api.call("GET", "/api/v0/ssh/")
-    assert listed == []
+    gone, _ = await api.call("DELETE", f"/api/v0/ssh/{added['key']['id']}/", status=400)
+    assert gone["error"] == "no_ssh_key"
+    await api.call("GET", "/api/v0/ssh/", status=404)
+    empty, _ = await api.call("POST", "/api/v0/ssh/", json={}, status=400)
+    assert (empty["error"], empty["msg"]) == ("no_ssh_key", "No ssh key provided")
     await api.call("POST", "/api/v0/ssh/", json={"ssh_key": "not a key"}, status=400)
     (offer,) = await api.offers(1)
     iid = await api.create(offer)
@@ -346,4 +378,118 @@ async def test_instance_rows_carry_exactly_the_filterable_fields(api: Api) -> No
     assert set(row["instances"]) == INSTANCE_FIELDS
     params = {"select_filters": json.dumps({"nope": {"eq": 1}})}
     got, _ = await api.call("GET", "/api/v1/instances/", params=params, status=400)
+    assert got["error"] == "invalid_request"
+
+
+async def test_v1_counts_the_page_and_the_matches_with_label_counts(api: Api) -> None:
+    """``instances_found`` counts this page, ``total_instances`` every match (the spec)."""
+    offers = await api.offers(7)
+    for i, offer in enumerate(offers):
+        await api.create(offer, **({"label": "a"} if i < 4 else {"label": "b"} if i < 6 else {}))
+    got, _ = await api.call("GET", "/api/v1/instances/", params={"limit": "3"})
+    assert (got["instances_found"], got["total_instances"]) == (3, 7)
+    assert got["label_counts"] == {"a": 4, "b": 2, "": 1}
+    params = {"limit": "3", "select_filters": json.dumps({"label": {"eq": "a"}})}
+    got, _ = await api.call("GET", "/api/v1/instances/", params=params)
+    assert (got["instances_found"], got["total_instances"]) == (3, 4)
+    assert got["label_counts"] == {"a": 4}
+    params["after_token"] = got["next_token"]
+    got, _ = await api.call("GET", "/api/v1/instances/", params=params)
+    assert (got["instances_found"], got["total_instances"], got["next_token"]) == (1, 4, None)
+
+
+@pytest.mark.parametrize(("limit", "page"), [("0", 5), ("-3", 5), ("2", 2), ("99", 7)])
+async def test_v1_limit_at_most_25_and_non_positive_means_5(
+    api: Api, limit: str, page: int
+) -> None:
+    for offer in await api.offers(7):
+        await api.create(offer)
+    got, _ = await api.call("GET", "/api/v1/instances/", params={"limit": limit})
+    assert len(got["instances"]) == got["instances_found"] == page
+
+
+@pytest.mark.parametrize("column", ["dph_total", "num_gpus"])
+async def test_v1_refuses_filters_on_computed_columns(api: Api, column: str) -> None:
+    """The spec: computed fields are not filterable and return 400 invalid_request."""
+    params = {"select_filters": json.dumps({column: {"gt": 0}})}
+    got, _ = await api.call("GET", "/api/v1/instances/", params=params, status=400)
+    assert got["error"] == "invalid_request"
+    assert column in got["msg"]
+
+
+async def test_v1_bad_token_is_invalid_token(api: Api) -> None:
+    got, _ = await api.call(
+        "GET", "/api/v1/instances/", params={"after_token": "!!not-a-token"}, status=400
+    )
+    assert got["error"] == "invalid_token"
+
+
+async def test_templates_answer_counts_them(api: Api) -> None:
+    got, _ = await api.call("GET", "/api/v0/template/")
+    assert got["templates_found"] == len(got["templates"]) > 0
+
+
+async def test_change_bid_limits_answer_invalid_args(api: Api) -> None:
+    """The spec's change-bid range is 0.001..32; outside it, 400 ``invalid_args``."""
+    (offer,) = await api.offers(1)
+    iid = await api.create(offer, price=5.0)
+    for price in (0.0, 0.0005, 32.5):
+        got, _ = await api.call(
+            "PUT",
+            f"/api/v0/instances/bid_price/{iid}/",
+            json={"client_id": "me", "price": price},
+            status=400,
+        )
+        assert got["error"] == "invalid_args"
+    await api.call(
+        "PUT", f"/api/v0/instances/bid_price/{iid}/", json={"client_id": "me", "price": 32}
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"FOO": "bar", "-p 8080:8080": "1"}, {"FOO": "bar", "-p 8080:8080": "1"}),
+        ("-e FOO=bar -p 8080:8080", {"FOO": "bar", "-p 8080:8080": "1"}),
+        ("-e 'A=x y' -e B= -p 53:53/udp", {"A": "x y", "B": "", "-p 53:53/udp": "1"}),
+    ],
+)
+async def test_create_takes_env_as_the_spec_string_or_the_clients_dict(
+    api: Api, sb: Sandbox, env: Any, expected: dict[str, str]
+) -> None:
+    (offer,) = await api.offers(1)
+    iid = await api.create(offer, env=env)
+    row, _ = await api.call("GET", f"/api/v0/instances/{iid}/")
+    assert dict(row["instances"]["extra_env"]) == expected
+
+
+@pytest.mark.parametrize("env", ["-x FOO", "-e NOEQUALS", "-p notaport", "-e 'unbalanced"])
+async def test_create_refuses_an_unreadable_env_string(api: Api, env: str) -> None:
+    (offer,) = await api.offers(1)
+    got, _ = await api.call(
+        "PUT", f"/api/v0/asks/{offer}/", json={"image": "u", "env": env}, status=400
+    )
     assert got["error"] == "invalid_args"
+
+
+@pytest.mark.parametrize(("price", "ok"), [(0.0009, False), (128.5, False), (128, True)])
+async def test_create_price_range_per_the_spec(api: Api, price: float, ok: bool) -> None:
+    (offer,) = await api.offers(1)
+    status = 200 if ok else 400
+    got, _ = await api.call(
+        "PUT", f"/api/v0/asks/{offer}/", json={"image": "u", "price": price}, status=status
+    )
+    assert got["success"] is ok
+    if not ok:
+        assert got["error"] == "invalid_price"
+
+
+async def test_a_vm_needs_a_key_on_the_account_first(api: Api) -> None:
+    """The spec: VMs take no key after create, so create answers 400 ``no_ssh_key_for_vm``."""
+    first, second = await api.offers(2)
+    got, _ = await api.call(
+        "PUT", f"/api/v0/asks/{first}/", json={"image": "u", "vm": True}, status=400
+    )
+    assert got["error"] == "no_ssh_key_for_vm"
+    await api.call("POST", "/api/v0/ssh/", json={"ssh_key": PUBKEY})
+    await api.create(second, vm=True)

@@ -145,7 +145,7 @@ async def test_lost_create_answer_still_rents(sb: Sandbox, http: aiohttp.ClientS
     """
     (offer,) = await offer_ids(sb, http, 1)
     sb.add_fault(HTTPFault(kind="lost_answer", route=CREATE))
-    status, body = await create(sb, http, offer, label="lost-1")
+    status, body = await create(sb, http, offer, label="lost-1", cancel_unavail=False)
     assert status == 404
     assert "no_such_ask" in body["msg"]
     assert [r.status for r in sb.requests if r.route == CREATE] == [None, 404]
@@ -170,12 +170,12 @@ async def test_offer_taken_between_search_and_create(
     """The create meets an offer someone else just rented: 404 no_such_ask, and it stays gone."""
     a, b = await offer_ids(sb, http, 2)
     sb.add_fault(HTTPFault(kind="taken", route=CREATE))
-    status, body = await create(sb, http, a)
+    status, body = await create(sb, http, a, cancel_unavail=False)
     assert status == 404
     assert "no_such_ask" in body["msg"]
     assert body["ask_id"] == a
     sb.take_offer(b)
-    status, body = await create(sb, http, b)
+    status, body = await create(sb, http, b, cancel_unavail=False)
     assert status == 404
     assert sb.alive_instance_ids() == set()
 
@@ -246,8 +246,10 @@ async def test_lifecycle_faults(
     if msg is not None:
         assert row["status_msg"] == msg
         assert "OCI runtime create failed" in row["status_msg"]
-    if status == "stopped":
-        assert row["intended_status"] == row["cur_state"] == row["next_state"] == "stopped"
+    if status == "stopped":  # the outbid signature (docs/wire-notes.md)
+        assert row["is_bid"] is True
+        assert row["intended_status"] == "running"
+        assert row["cur_state"] == row["next_state"] == "stopped"
     assert row["ports"] is None
 
 

@@ -138,7 +138,8 @@ async def test_stop_start_reboot(sb: Sandbox, http: aiohttp.ClientSession) -> No
 async def test_bid_change_below_the_floor_outbids_to_stopped(
     sb: Sandbox, http: aiohttp.ClientSession
 ) -> None:
-    """An interruptible instance bidding under min_bid is stopped everywhere and cannot start."""
+    """An interruptible instance bidding under min_bid is outbid (the SDK's signature: still
+    wanted running, contract stopped) and cannot start."""
     offer = await first_offer(sb, http)
     sb.set_boot_latency(offer["id"], 10.0)
     body = {"image": "u", "price": offer["min_bid"] * 1.5}
@@ -155,7 +156,7 @@ async def test_bid_change_below_the_floor_outbids_to_stopped(
     )
     row = await show(sb, http, iid)
     states = [row[k] for k in ("actual_status", "intended_status", "cur_state", "next_state")]
-    assert states == ["stopped"] * 4
+    assert states == ["stopped", "running", "stopped", "stopped"]
     answer = await call(sb, http, "PUT", f"/api/v0/instances/{iid}/", json={"state": "running"})
     assert answer["success"] is False
     assert answer["error"] == "resources_unavailable"

@@ -52,7 +52,7 @@ async def test_market_has_realistic_fields_and_units(
         assert o["id"] == o["ask_contract_id"]
         assert "," in o["geolocation"]
         assert o["min_bid"] < o["dph_base"]
-        storage = o["storage_cost"] * 5.0 / HOURS_PER_MONTH  # default allocated_storage 5 GB
+        storage = o["storage_cost"] * 8.0 / HOURS_PER_MONTH  # the spec's default: 8 GB
         assert o["dph_total"] == pytest.approx(o["dph_base"] + storage, abs=1e-6)
     per_machine: dict[int, int] = {}
     for o in offers:
@@ -159,13 +159,61 @@ async def test_type_bid_prices_at_min_bid_and_storage_is_priced(
         {"type": "spot"},
     ],
 )
-async def test_unreadable_queries_answer_invalid_args(
+async def test_unreadable_queries_answer_invalid_request(
     sb: Sandbox, http: aiohttp.ClientSession, query: dict[str, Any]
 ) -> None:
-    """Unknown fields, operators, types and unreadable values are 400 ``invalid_args``."""
+    """Unknown fields, operators, types and unreadable values are 400 ``invalid_request``."""
     body = await search(sb, http, query, status=400)
     assert body["success"] is False
-    assert body["error"] == "invalid_args"
+    assert body["error"] == "invalid_request"
+
+
+async def test_a_body_that_is_not_json_is_invalid_request(
+    sb: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    """The spec's 400 for search: ``{"error": "invalid_request", "msg": "Invalid json body"}``."""
+    headers = {"Authorization": f"Bearer {sb.api_key}", "Content-Type": "application/json"}
+    async with http.post(f"{sb.url}/api/v0/bundles/", data=b"{nope", headers=headers) as resp:
+        assert resp.status == 400
+        body = await resp.json()
+    assert (body["error"], body["msg"]) == ("invalid_request", "Invalid json body")
+
+
+@pytest.mark.parametrize("kind", ["on-demand", "ondemand"])
+async def test_type_takes_the_spec_enum_and_the_clients_spelling(
+    sb: Sandbox, http: aiohttp.ClientSession, kind: str
+) -> None:
+    """The spec's enum says ``ondemand``; its example and the official client ``on-demand``."""
+    body = await search(sb, http, {"type": kind, "limit": 3})
+    assert len(body["offers"]) == 3
+    assert not any(o["is_bid"] for o in body["offers"])
+
+
+async def test_gpu_names_match_with_underscores_as_the_spec_example(
+    sb: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    """``{"gpu_name": {"in": ["RTX_4090"]}}`` finds the ``RTX 4090`` offers (spaces work too)."""
+    spaced = await search(sb, http, {"gpu_name": {"in": ["RTX 4090"]}})
+    under = await search(sb, http, {"gpu_name": {"in": ["RTX_4090", "RTX_3090"]}})
+    eq = await search(sb, http, {"gpu_name": {"eq": "RTX_4090"}})
+    assert spaced["offers"]
+    assert {o["id"] for o in eq["offers"]} == {o["id"] for o in spaced["offers"]}
+    assert {o["gpu_name"] for o in under["offers"]} == {"RTX 4090", "RTX 3090"}
+
+
+async def test_geolocation_filters_by_country_code(
+    sb: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    """The spec's ``{"geolocation": {"in": ["US", "CA"]}}`` matches ``"Texas, US"``."""
+    body = await search(sb, http, {"geolocation": {"in": ["US", "CA"]}})
+    assert body["offers"]
+    assert all(o["geolocation"].rsplit(", ", 1)[1] in ("US", "CA") for o in body["offers"])
+    everything_else = await search(sb, http, {"geolocation": {"notin": ["US", "CA"]}})
+    total = await search(sb, http, {})
+    assert len(body["offers"]) + len(everything_else["offers"]) == len(total["offers"])
+    place = body["offers"][0]["geolocation"]
+    exact = await search(sb, http, {"geolocation": {"eq": place}})
+    assert {o["geolocation"] for o in exact["offers"]} == {place}
 
 
 async def test_rented_offer_and_its_machine_leave_the_market(
@@ -185,7 +233,9 @@ async def test_rented_offer_and_its_machine_leave_the_market(
     left = await search(sb, http, {"machine_id": {"eq": machine}})
     assert left["offers"] == []
     async with http.put(
-        f"{sb.url}/api/v0/asks/{ids[1]}/", json={"image": "ubuntu"}, headers=headers
+        f"{sb.url}/api/v0/asks/{ids[1]}/",
+        json={"image": "ubuntu", "cancel_unavail": False},
+        headers=headers,
     ) as resp:
         body = await resp.json()
         assert resp.status == 404

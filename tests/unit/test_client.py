@@ -204,7 +204,7 @@ ENDPOINTS: list[tuple[str, Call, str, str, dict[str, str] | None, Any, Any, Chec
         None,
         {},
         OK,
-        lambda r: r is None,
+        lambda r: r is True,
     ),
     (
         "current_user",
@@ -262,10 +262,11 @@ async def test_endpoint_sends_the_exact_request_and_parses_the_answer(
 
 
 def test_create_body_carries_every_key_of_the_official_cli() -> None:
-    """The create body has exactly the official CLI's keys (args only with runtype args)."""
+    """The create body has the official CLI's keys, except ``cancel_unavail`` unless asked
+    (sending false would turn off the spec's on-demand default of true)."""
     official = {
         "client_id", "image", "env", "price", "disk", "label", "extra", "onstart", "image_login",
-        "python_utf8", "lang_utf8", "use_jupyter_lab", "jupyter_dir", "force", "cancel_unavail",
+        "python_utf8", "lang_utf8", "use_jupyter_lab", "jupyter_dir", "force",
         "template_hash_id", "user", "runtype",
     }  # fmt: skip
     assert set(CREATE.to_wire()) == official

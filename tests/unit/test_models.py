@@ -267,7 +267,7 @@ def test_unstructure_gives_wire_names_that_structure_strict_reads_back(model: An
 
 def test_offer_unstructures_to_wire_names() -> None:
     data = unstructure(structure(payloads.OFFER_MODELLED, Offer))
-    assert data["reliability2"] == 0.9962
+    assert data["reliability"] == 0.9962  # the spec's name; read from reliability2 if alone
     assert data["gpu_ram"] == 24564
     assert "gpu_ram_mb" not in data
 
@@ -308,6 +308,7 @@ def _inst(**fields: Any) -> Instance:
             True,
         ),
         ({"status_msg": "Error: image not found"}, True),
+        # a stop the caller asked for (every state field stopped) is not a failure
         (
             {
                 "actual_status": "stopped",
@@ -315,10 +316,31 @@ def _inst(**fields: Any) -> Instance:
                 "cur_state": "stopped",
                 "next_state": "stopped",
             },
-            True,
+            False,
         ),
         # stopped while Vast still intends to run it (e.g. a reboot in progress) is not final
         ({"actual_status": "stopped", "intended_status": "running"}, False),
+        # the outbid signature: an interruptible, still wanted running, its contract stopped
+        (
+            {
+                "is_bid": True,
+                "actual_status": "stopped",
+                "intended_status": "running",
+                "cur_state": "stopped",
+                "next_state": "stopped",
+            },
+            True,
+        ),
+        # the same on an on-demand rental is not an outbid
+        (
+            {
+                "is_bid": False,
+                "actual_status": "stopped",
+                "intended_status": "running",
+                "cur_state": "stopped",
+            },
+            False,
+        ),
     ],
 )
 def test_fatal_states(fields: dict[str, Any], fatal: bool) -> None:
@@ -380,7 +402,6 @@ OFFICIAL_KEYS = {
     "use_jupyter_lab",
     "jupyter_dir",
     "force",
-    "cancel_unavail",
     "template_hash_id",
     "user",
     "runtype",
@@ -471,8 +492,25 @@ def test_invalid_create_requests_are_refused_locally(kwargs: dict[str, Any], mat
 
 
 def test_limits_are_inclusive() -> None:
-    req = CreateInstanceRequest(template_hash_id="h", onstart="x" * 4048, label="y" * 1024, price=0)
-    assert req.to_wire()["price"] == 0
+    req = CreateInstanceRequest(
+        template_hash_id="h", onstart="x" * 4048, label="y" * 1024, price=0.001
+    )
+    assert req.to_wire()["price"] == 0.001
+    assert CreateInstanceRequest(image="img", price=128).to_wire()["price"] == 128
+
+
+@pytest.mark.parametrize("price", [0, 0.0009, 128.001, float("nan"), float("inf"), -1])
+def test_create_price_outside_the_spec_range_is_refused(price: float) -> None:
+    """The spec's create price is 0.001..128 USD/h; anything else never goes out."""
+    with pytest.raises(InvalidRequestError, match=r"between 0\.001 and 128"):
+        CreateInstanceRequest(image="img", price=price)
+
+
+@pytest.mark.parametrize(("asked", "sent"), [(None, None), (True, True), (False, False)])
+def test_cancel_unavail_goes_out_only_when_asked(asked: bool | None, sent: bool | None) -> None:
+    body = CreateInstanceRequest(image="img", cancel_unavail=asked).to_wire()
+    assert body.get("cancel_unavail", None) is sent
+    assert ("cancel_unavail" in body) is (asked is not None)
 
 
 def test_refusal_never_quotes_an_env_value() -> None:

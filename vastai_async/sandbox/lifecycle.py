@@ -45,7 +45,8 @@ class LifecycleFault:
             ``0`` strikes at the moment it would run, before its SSH server accepts anything
             (deterministic: no login can get in first).
         outbid_after_s: simulated seconds after reaching running, an interruptible instance is
-            outbid (``stopped`` everywhere); on-demand instances ignore it. ``0`` as above.
+            outbid (stopped, ``intended_status`` still ``running``: docs/wire-notes.md);
+            on-demand instances ignore it. ``0`` as above.
         times: how many rentals it hits (``None``: every rental).
     """
 

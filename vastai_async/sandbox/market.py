@@ -118,6 +118,50 @@ OFFER_FIELDS: frozenset[str] = frozenset(
 _SPECIAL_KEYS = frozenset(
     {"order", "type", "limit", "allocated_storage", "disable_bundling", "select_cols"}
 )
+#: GB of storage ``dph_total`` includes when a search names no ``allocated_storage`` (the spec).
+_DEFAULT_STORAGE_GB = 8.0
+
+
+def _spaced_names(spec: Any) -> Any:
+    """``gpu_name`` filter values with ``_`` read as a space (the spec's ``RTX_4090``)."""
+    if not isinstance(spec, Mapping):
+        spec = {"eq": spec}
+
+    def fix(value: Any) -> Any:
+        return value.replace("_", " ") if isinstance(value, str) else value
+
+    return {
+        op: [fix(v) for v in arg] if isinstance(arg, list) else fix(arg) for op, arg in spec.items()
+    }
+
+
+def _geo_matches(row: Mapping[str, Any], spec: Any) -> bool:
+    """The ``geolocation`` filter: a two-letter value is a country code ("US" finds
+    ``"Texas, US"``, as the spec's example filters); a longer one is the whole location."""
+    if spec is None:
+        return True
+    if not isinstance(spec, Mapping):
+        spec = {"eq": spec}
+    where = str(row.get("geolocation") or "")
+    country = where.rsplit(",", 1)[-1].strip().upper()
+
+    def same(value: Any) -> bool:
+        text = str(value).strip()
+        return country == text.upper() if len(text) == 2 else where.lower() == text.lower()
+
+    for op, arg in spec.items():
+        if op in ("in", "notin"):
+            if not isinstance(arg, list):
+                raise QueryError(f"geolocation: {op} takes a list, got {arg!r}")
+            hit = any(same(v) for v in arg)
+            ok = hit if op == "in" else not hit
+        elif op in ("eq", "neq"):
+            ok = same(arg) if op == "eq" else not same(arg)
+        else:
+            raise QueryError(f"geolocation: unsupported operator {op!r}")
+        if not ok:
+            return False
+    return True
 
 
 @attrs.define(kw_only=True)
@@ -317,17 +361,20 @@ class Market:
             QueryError: unknown field, operator, type or unreadable value.
         """
         kind = query.get("type", "on-demand")
-        if kind == "interruptible":
-            kind = "bid"
+        # The spec's enum says "ondemand", its example and the official client "on-demand".
+        kind = {"interruptible": "bid", "ondemand": "on-demand"}.get(kind, kind)
         if kind not in ("on-demand", "bid", "reserved"):
             raise QueryError(f"unknown offer type {kind!r}")
         try:
-            storage = float(query.get("allocated_storage", 5.0))
+            storage = float(query.get("allocated_storage", _DEFAULT_STORAGE_GB))
             limit = query.get("limit")
             limit = None if limit is None else int(limit)
         except (TypeError, ValueError):
             raise QueryError("allocated_storage and limit must be numbers") from None
         filters = {k: v for k, v in query.items() if k not in _SPECIAL_KEYS}
+        geo = filters.pop("geolocation", None)
+        if "gpu_name" in filters:
+            filters["gpu_name"] = _spaced_names(filters["gpu_name"])
         order = parse_order(query.get("order"))
         rows = []
         for offer in self.offers.values():
@@ -335,7 +382,7 @@ class Market:
                 continue
             row = dict(offer.fields)
             row.update(offer.price_fields(kind=kind, storage_gb=storage))
-            if matches(row, filters, known=OFFER_FIELDS):
+            if matches(row, filters, known=OFFER_FIELDS) and _geo_matches(row, geo):
                 rows.append(row)
         ordered = sort_rows(rows, order, known=OFFER_FIELDS)
         return [dict(r) for r in (ordered if limit is None else ordered[: max(0, limit)])]

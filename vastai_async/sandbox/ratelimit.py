@@ -1,10 +1,11 @@
 """The sandbox's own per-route rate limits and the real service's 429 answers.
 
-Thresholds are vast-api.md's figures read as requests per second per identity (an API key, or
-the client address for unauthenticated search), so the minimum interval between two requests
-on one route is ``1 / threshold`` simulated seconds, i.e. ``time_scale / threshold`` wall
-seconds. The SDK's pacing table (``vastai_async.pacing``) uses the same reading; a test compares
-the two. The sandbox keeps its own copy on purpose: a mistake in one is caught by the other.
+Thresholds are the published spec's 429 figures (vast-api.md's where the spec names none), read
+as requests per second per identity (an API key, or the client address for unauthenticated
+search), so the minimum interval between two requests on one route is ``1 / threshold``
+simulated seconds, i.e. ``time_scale / threshold`` wall seconds. The SDK's pacing table
+(``vastai_async.pacing``) uses the same reading; a test compares the two. The sandbox keeps its
+own copy on purpose: a mistake in one is caught by the other.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ __all__ = ["DEFAULT_THRESHOLDS", "RateLimiter", "rate_limit_body"]
 #: Requests per second per identity, by ``"METHOD /api/vN/template/"``.
 DEFAULT_THRESHOLDS: Mapping[str, float] = MappingProxyType(
     {
-        "POST /api/v0/bundles/": 2.0,  # "burst 2"
-        "PUT /api/v0/asks/{id}/": 4.5,  # example value in the spec
-        "GET /api/v1/instances/": 2.0,  # not listed; as show one
+        "POST /api/v0/bundles/": 2.0,  # not in the spec; vast-api.md's "burst 2"
+        "PUT /api/v0/asks/{id}/": 4.5,  # spec L1892
+        "GET /api/v1/instances/": 1.0,  # spec L8393
         "GET /api/v0/instances/": 20.0,  # legacy list
         "GET /api/v0/instances/{id}/": 2.0,
         "PUT /api/v0/instances/{id}/": 1.0,
         "DELETE /api/v0/instances/{id}/": 3.0,
         "DELETE /api/v0/instances/": 3.0,  # not listed; as destroy
-        "PUT /api/v0/instances/bid_price/{id}/": 1.0,
+        "PUT /api/v0/instances/bid_price/{id}/": 5.5,  # spec L587
         "PUT /api/v0/instances/reboot/{id}/": 1.0,
         "PUT /api/v0/instances/request_logs/{id}/": 1.0,
         "POST /api/v0/instances/{id}/ssh/": 1.0,
@@ -37,7 +38,7 @@ DEFAULT_THRESHOLDS: Mapping[str, float] = MappingProxyType(
         "POST /api/v0/ssh/": 1.0,
         "DELETE /api/v0/ssh/{id}/": 1.0,
         "GET /api/v0/users/current": 1.0,
-        "GET /api/v0/template/": 1.9,
+        "GET /api/v0/template/": 3.0,  # spec L2909
     }
 )
 DEFAULT_THRESHOLD = 1.0

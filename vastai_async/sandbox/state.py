@@ -210,6 +210,8 @@ class Cloud:
         await self._halt(inst)
         inst.actual_status = "stopped"
         inst.intended_status = inst.cur_state = inst.next_state = "stopped"
+        if outbid:  # the owner still wants it running: the SDK's outbid signature (wire-notes)
+            inst.intended_status = "running"
         inst.status_msg = "Outbid: stopped by a higher bid" if outbid else None
         inst.direct_port = None
         self.ledger.set_running(inst.id, False, self.clock.now())

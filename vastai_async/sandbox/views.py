@@ -35,7 +35,6 @@ _FROM_OFFER = [
     "dlperf",
     "storage_cost",
     "min_bid",
-    "dph_base",
     "pci_gen",
     "pcie_bw",
     "disk_bw",
@@ -73,6 +72,7 @@ _OWN = [
     "disk_space",
     "gpu_totalram",
     "is_bid",
+    "dph_base",
     "dph_total",
     "storage_total_cost",
     "gpu_util",
@@ -121,6 +121,7 @@ def instance_json(inst: Instance) -> dict[str, Any]:
         disk_space=inst.disk_gb,
         gpu_totalram=int(o["gpu_ram"]) * int(o["num_gpus"]),
         is_bid=inst.bid is not None,
+        dph_base=round(inst.gpu_dph, 6),  # what the GPU bills: the bid for an interruptible
         dph_total=round(inst.gpu_dph + storage_dph, 6),
         storage_total_cost=round(storage_dph, 6),
         gpu_util=0.0 if running else None,

@@ -361,6 +361,7 @@ class RentalInfo:
         dph_total: USD/hour.
         created_at: epoch seconds of the create request.
         ready_at: epoch seconds of the first proven login.
+        bid_usd_per_hour: the bid of an interruptible rental (``None``: on demand).
     """
 
     instance_id: int
@@ -373,6 +374,7 @@ class RentalInfo:
     offer: Offer | None = None
     dph_total: float | None = None
     ready_at: float | None = None
+    bid_usd_per_hour: float | None = None
 
 
 def encode_port(spec: str) -> str:

@@ -49,6 +49,7 @@ from vastai_async.events import (
     EventEmitter,
     InstanceCreated,
     InstanceDestroyed,
+    Outbid,
     ProbeAttempt,
     RaceFailed,
     RaceStarted,
@@ -422,7 +423,14 @@ class Race:
                 new=snap.actual_status,
                 status_msg=snap.status_msg,
             )
+        if snap.is_outbid():
+            await self._emit(
+                Outbid, instance_id=snap.id, bid=self._request.price, min_bid=snap.min_bid
+            )
         reason = snap.fatal_reason()
+        if reason is None and self._request.price is not None:
+            # Created with a bid: it must be an interruptible rental at (or under) that bid.
+            reason = snap.interruptible_mismatch(self._request.price)
         if reason is not None:
             raise _CandidateFailure(reason, last_status=snap.actual_status)
 

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Self
 import attrs
 
 from vastai_async._teardown import run_uncancellable
-from vastai_async.errors import SSHError
+from vastai_async.errors import SSHCommandError, SSHError, VastAIError
+from vastai_async.events import Event, Outbid
 from vastai_async.labels import kept_label
-from vastai_async.models import RentalInfo
+from vastai_async.models import Instance, RentalInfo
 from vastai_async.ssh import CommandResult, SSHRunner, connect_pinned
 from vastai_async.timings import Timings
 
@@ -38,12 +39,16 @@ class RentalOwner:
     Attributes:
         terminate: destroys an instance and confirms it gone (through the service's custody).
         relabel: sets an instance's label.
+        show: reads an instance (to tell an outbid interruptible rental from a broken link).
+        emit: delivers an event to the service's ``on_event``.
         known_hosts_path: the OpenSSH known-hosts file holding pinned host keys.
         timings: connect and login timeouts.
     """
 
     terminate: Callable[[int], Awaitable[bool]]
     relabel: Callable[[int, str], Awaitable[None]]
+    show: Callable[[int], Awaitable[Instance]]
+    emit: Callable[[Event], Awaitable[None]]
     known_hosts_path: Path
     timings: Timings
 
@@ -142,15 +147,49 @@ class Rental:
         Returns:
             Exit status, stdout and stderr.
         """
-        return await self._connection().run(command, timeout=timeout, check=check)
+        try:
+            return await self._connection().run(command, timeout=timeout, check=check)
+        except SSHError as err:
+            raise await self._explain(err) from err
 
     async def put(self, local: str | Path, remote: str) -> None:
         """Copy a local file to the machine over SFTP."""
-        await self._connection().put(local, remote)
+        try:
+            await self._connection().put(local, remote)
+        except SSHError as err:
+            raise await self._explain(err) from err
 
     async def get(self, remote: str, local: str | Path) -> None:
         """Copy a file from the machine over SFTP."""
-        await self._connection().get(remote, local)
+        try:
+            await self._connection().get(remote, local)
+        except SSHError as err:
+            raise await self._explain(err) from err
+
+    async def _explain(self, err: SSHError) -> VastAIError:
+        # An interruptible rental whose link broke may have been outbid: ask Vast, and if so
+        # say so (OutbidError, and an Outbid event) instead of a bare connection error.
+        if self.info.bid_usd_per_hour is None or isinstance(err, SSHCommandError):
+            return err
+        if self._terminated:
+            return err
+        try:
+            inst = await self._owner.show(self.info.instance_id)
+        except VastAIError:
+            return err
+        outbid = inst.outbid_error()
+        if outbid is None:
+            return err
+        await self._owner.emit(
+            Outbid(
+                race_id=self.info.label.rsplit(":", 1)[-1],
+                job_id=self.info.job_id,
+                instance_id=self.info.instance_id,
+                bid=self.info.bid_usd_per_hour,
+                min_bid=inst.min_bid,
+            )
+        )
+        return outbid
 
     def ssh_command(self) -> str:
         """The ``ssh`` line a person can paste (key file and pinned host key included)."""

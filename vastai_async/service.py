@@ -28,6 +28,7 @@ from vastai_async._race_types import ProbeFn
 from vastai_async._reaping import plan_reap
 from vastai_async._requests import build_create_request
 from vastai_async._teardown import run_uncancellable
+from vastai_async.account_keys import AccountKeyRegistrar
 from vastai_async.client import VastAIClient
 from vastai_async.config import VastAIConfig, get_vastai_config
 from vastai_async.custody import Custody
@@ -39,7 +40,7 @@ from vastai_async.errors import (
     ServiceClosedError,
     SSHError,
 )
-from vastai_async.events import EventCallback, EventEmitter
+from vastai_async.events import EventCallback, EventEmitter, SSHKeyPath
 from vastai_async.known_hosts import KnownHostsStore
 from vastai_async.labels import parse_label, race_label, validate_id
 from vastai_async.models import CreateInstanceRequest, Instance, Offer, RentalInfo, SSHEndpoint
@@ -94,6 +95,9 @@ class VastAIService(AsyncComputeProvider):
         self._client_key: asyncssh.SSHKey | None = None
         self._poller: InstancePoller | None = None
         self._claimed_offers: set[int] = set()
+        # The key goes on the account once, before the first create (the published spec's
+        # rule); per-instance attach only where the account refuses it.
+        self._account_key = AccountKeyRegistrar(self.client, self.config.ssh_public_key)
         self._custody = Custody(
             self.client,
             interval_s=self.timings.poll_interval_s,
@@ -376,6 +380,17 @@ class VastAIService(AsyncComputeProvider):
         )
         race_id = new_race_id()
         emitter = EventEmitter([self._on_event, on_event], self._log)
+        key = await self._account_key.ensure()
+        await emitter.emit(
+            SSHKeyPath(
+                race_id=race_id,
+                job_id=job_id,
+                path=key.path,
+                key_id=key.key_id,
+                added=key.added,
+                reason=key.reason,
+            )
+        )
         race = Race(
             client=self.client,
             custody=self._custody,
@@ -387,7 +402,7 @@ class VastAIService(AsyncComputeProvider):
             race_id=race_id,
             offers=candidates,
             request=request,
-            public_key=self.config.ssh_public_key,
+            public_key=self.config.ssh_public_key if key.path == "instance" else None,
             fan_out=fan_out,
             timings=timings,
             max_spend_usd=max_spend_usd,
@@ -415,6 +430,7 @@ class VastAIService(AsyncComputeProvider):
             offer=result.offer,
             dph_total=result.offer.dph_total,
             ready_at=result.ready_at,
+            bid_usd_per_hour=request.price,
         )
         return self._rental(info, client_key)
 
@@ -524,6 +540,8 @@ class VastAIService(AsyncComputeProvider):
         owner = RentalOwner(
             terminate=self.terminate_instance,
             relabel=self.client.set_label,
+            show=self.client.show_instance,
+            emit=EventEmitter([self._on_event], self._log).emit,
             known_hosts_path=self.known_hosts.known_hosts_path,
             timings=self.timings,
         )

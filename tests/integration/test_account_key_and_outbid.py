@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.reliability._harness import pick_offers
+from vastai_async import OutbidError, VastAIService
 from vastai_async.account_keys import register_account_key
 from vastai_async.client import VastAIClient
-from vastai_async.config import generate_ssh_keypair, get_vastai_config
+from vastai_async.config import VastAIConfig, generate_ssh_keypair, get_vastai_config
+from vastai_async.events import Event, Outbid, SSHKeyPath
 from vastai_async.models import CreateInstanceRequest, Instance, Offer
 from vastai_async.query import OfferQuery
 from vastai_async.sandbox import Sandbox
@@ -125,3 +128,50 @@ async def test_outbid_has_the_documented_signature_and_a_stop_on_request_does_no
     assert listed.is_outbid()  # the v1 list row carries the same signature
     await client.destroy_instances(list(ids.values()))
     assert sb.alive_instance_ids() == set()
+
+
+# -- the service's wiring: one account registration, no attaches, outbid on a held rental --
+
+
+@pytest.mark.vastai_sandbox(offers=12, time_scale=0.02, seed=13)
+async def test_the_service_registers_the_key_once_and_races_attach_nothing(
+    vastai_service: VastAIService, vastai_sandbox: Sandbox
+) -> None:
+    events: list[Event] = []
+    offers = pick_offers(await vastai_service.search_offers(), 4)
+    for offer in offers:
+        vastai_sandbox.set_boot_latency(offer.id, 5.0)
+    for job, pair in (("k1", offers[:2]), ("k2", offers[2:])):
+        rental = await vastai_service.provision_instance(
+            job_id=job, offers=pair, fan_out=2, on_event=events.append
+        )
+        assert (await rental.run("true")).exit_status == 0
+        await rental.terminate()
+    counts = vastai_sandbox.request_counts()
+    assert counts["POST /api/v0/ssh/"] == 1, "registered once for the whole service"
+    assert counts["POST /api/v0/instances/{id}/ssh/"] == 0, "no per-instance attach"
+    paths = [e for e in events if isinstance(e, SSHKeyPath)]
+    assert [p.path for p in paths] == ["account", "account"]
+    assert vastai_sandbox.alive_instance_ids() == set()
+
+
+@pytest.mark.vastai_sandbox(offers=12, time_scale=0.02, seed=14)
+async def test_a_held_interruptible_rental_that_is_outbid_raises_outbid_error_and_emits(
+    vastai_config: VastAIConfig, vastai_sandbox: Sandbox
+) -> None:
+    events: list[Event] = []
+    async with VastAIService(config=vastai_config, on_event=events.append) as vast:
+        offers = pick_offers(await vast.search_offers(), 1)
+        vastai_sandbox.set_boot_latency(offers[0].id, 5.0)
+        bid = max(1.0, (offers[0].min_bid or 0.5) * 2)
+        rental = await vast.provision_instance(
+            job_id="bid", offers=offers, fan_out=1, bid_usd_per_hour=bid
+        )
+        assert rental.info.bid_usd_per_hour == bid
+        await vastai_sandbox.outbid(rental.instance_id)
+        with pytest.raises(OutbidError) as info:
+            await rental.run("true")
+        assert info.value.instance_id == rental.instance_id
+        assert any(isinstance(e, Outbid) and e.instance_id == rental.instance_id for e in events)
+        await rental.terminate()
+    assert vastai_sandbox.alive_instance_ids() == set()

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import aiohttp
 import asyncssh
 import attrs
 
+from vastai_async._arguments import search_query, validate_provision_args, validate_search_args
 from vastai_async._logging import get_logger
 from vastai_async._poller import InstancePoller
 from vastai_async._race_types import ProbeFn
@@ -47,7 +46,7 @@ from vastai_async.provider import AsyncComputeProvider, ReapReport, RentalSummar
 from vastai_async.provisioning import ProbeOutcome, Race, new_race_id
 from vastai_async.query import OfferQuery
 from vastai_async.rental import Rental
-from vastai_async.session import VastAISession
+from vastai_async.session import RetryPolicy, VastAISession
 from vastai_async.ssh import load_client_key, probe
 from vastai_async.timings import Timings
 
@@ -62,9 +61,14 @@ class VastAIService(AsyncComputeProvider):
     Args:
         config: settings; read from the environment with :func:`get_vastai_config` when omitted.
         logger: where progress goes; defaults to ``vastai_async.service``.
-        session: an ``aiohttp.ClientSession`` to borrow (never closed by us).
+        http_session: an ``aiohttp.ClientSession`` to borrow (never closed by us). Its silent
+            replay of PUT/DELETE after a dropped connection is switched off, because a replayed
+            create could rent a second machine; lend a session used only for Vast.ai.
         timings: overrides ``config.timings`` for this service.
         on_event: called with every race event (sync or async).
+        retry: how requests are retried; default :class:`~vastai_async.RetryPolicy`.
+        client: a :class:`~vastai_async.VastAIClient` to use (and not close) instead of one
+            built from ``config``; ``http_session`` and ``retry`` then do not apply.
     """
 
     def __init__(
@@ -72,19 +76,26 @@ class VastAIService(AsyncComputeProvider):
         config: VastAIConfig | None = None,
         *,
         logger: logging.Logger | None = None,
-        session: aiohttp.ClientSession | None = None,
+        http_session: aiohttp.ClientSession | None = None,
         timings: Timings | None = None,
         on_event: EventCallback | None = None,
+        retry: RetryPolicy | None = None,
+        client: VastAIClient | None = None,
     ) -> None:
         self.config = config if config is not None else get_vastai_config()
         self.timings = timings if timings is not None else self.config.timings
         self.owner = validate_id("owner", self.config.owner)
         self._log = logger or _log
         self._on_event = on_event
-        self._session = VastAISession(
-            self.config, session=session, timings=self.timings, logger=logger
+        self._owns_session = client is None
+        self._session = (
+            client.session
+            if client is not None
+            else VastAISession(
+                self.config, session=http_session, timings=self.timings, retry=retry, logger=logger
+            )
         )
-        self.client = VastAIClient(self._session)
+        self.client = client if client is not None else VastAIClient(self._session)
         self.known_hosts = KnownHostsStore(self.config.state_dir)
         self._client_key: asyncssh.SSHKey | None = None
         self._poller: InstancePoller | None = None
@@ -123,7 +134,8 @@ class VastAIService(AsyncComputeProvider):
             await asyncio.gather(*sweeps, return_exceptions=True)
         if self._poller is not None:
             await self._poller.close()
-        await self._session.close()
+        if self._owns_session:
+            await self._session.close()
 
     def live_instance_ids(self) -> list[int]:
         """Instances created by races still running in this service (for a last-resort message)."""
@@ -135,46 +147,41 @@ class VastAIService(AsyncComputeProvider):
         self,
         *,
         min_vram_gb: float | None = None,
-        gpus: Sequence[str] | None = None,
+        gpus: str | Sequence[str] | None = None,
         max_usd_per_hour: float | None = None,
-        query: OfferQuery | None = None,
+        query: OfferQuery | str | None = None,
         limit: int | None = None,
     ) -> list[Offer]:
         """Offers matching the config's defaults and these filters, best first.
 
         Args:
             min_vram_gb: minimum VRAM per GPU (GB = 1000 MB); default from the config.
-            gpus: short or full GPU names; default the config's preferred GPUs.
+            gpus: short or full GPU names (a list, or one comma-separated string); default the
+                config's preferred GPUs.
             max_usd_per_hour: price ceiling; never above the config's ceiling.
-            query: a full :class:`~vastai_async.query.OfferQuery` (the other filters then apply
+            query: a full :class:`~vastai_async.query.OfferQuery`, or an official-CLI query
+                string such as ``"num_gpus=2 reliability>0.95"`` (the other filters then apply
                 on top of it).
             limit: at most this many offers.
 
         Returns:
-            Offers cheapest ``dph_total`` first unless the query orders otherwise.
+            Offers cheapest ``dph_total`` first unless the query orders otherwise. Each
+            ``dph_total`` is what an instance of that offer bills per hour with the disk a
+            rental asks for (``query.allocated_storage_gb``, else its ``min_disk_gb``, else the
+            config's ``default_disk_gb``), GPU and storage together.
+
+        Raises:
+            InvalidRequestError: an argument of the wrong type or out of range, named.
         """
-        overrides: dict[str, Any] = {}
-        if min_vram_gb is not None:
-            overrides["min_vram_gb"] = min_vram_gb
-        if gpus is not None:
-            overrides["gpus"] = tuple(gpus)
-        # The config's ceiling always holds; a query or argument may only lower it.
-        ceilings = [self.config.max_bid_usd_per_hour]
-        if max_usd_per_hour is not None:
-            if not (math.isfinite(max_usd_per_hour) and max_usd_per_hour > 0):
-                raise InvalidRequestError("max_usd_per_hour must be a positive number")
-            ceilings.append(max_usd_per_hour)
-        if query is not None and query.max_usd_per_hour is not None:
-            ceilings.append(query.max_usd_per_hour)
-        overrides["max_usd_per_hour"] = min(ceilings)
-        if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-                raise InvalidRequestError(f"limit must be an integer >= 1, got {limit!r}")
-            overrides["limit"] = limit
-        q = (
-            attrs.evolve(query, **overrides)
-            if query is not None
-            else OfferQuery.from_config(self.config, **overrides)
+        q = search_query(
+            self.config,
+            validate_search_args(
+                min_vram_gb=min_vram_gb,
+                gpus=gpus,
+                max_usd_per_hour=max_usd_per_hour,
+                query=query,
+                limit=limit,
+            ),
         )
         offers = await self.client.search_offers(q.to_wire())
         matching = [o for o in offers if q.matches(o)]
@@ -233,7 +240,24 @@ class VastAIService(AsyncComputeProvider):
             ProvisioningError: no candidate produced a login; one record per offer tried.
             TeardownError: cleanup could not confirm every instance destroyed in its budget.
         """
-        validate_id("job_id", job_id)
+        validate_provision_args(
+            job_id=job_id,
+            offer_id=offer_id,
+            offers=offers,
+            query=query,
+            image=image,
+            template=template,
+            extra_env=extra_env,
+            ports=ports,
+            onstart_cmd=onstart_cmd,
+            disk_gb=disk_gb,
+            bid_usd_per_hour=bid_usd_per_hour,
+            fan_out=fan_out,
+            timings=timings,
+            max_spend_usd=max_spend_usd,
+            on_event=on_event,
+        )
+        self.config.ssh_identity()  # a config built without a key can search but not rent
         request = build_create_request(
             self.config,
             image=image,
@@ -244,12 +268,6 @@ class VastAIService(AsyncComputeProvider):
             disk_gb=disk_gb,
             bid_usd_per_hour=bid_usd_per_hour,
         )
-        if isinstance(fan_out, bool) or not isinstance(fan_out, int) or fan_out < 1:
-            raise InvalidRequestError(f"fan_out must be an integer >= 1, got {fan_out!r}")
-        if max_spend_usd is not None and not (math.isfinite(max_spend_usd) and max_spend_usd > 0):
-            raise InvalidRequestError("max_spend_usd must be a positive number")
-        if sum(x is not None for x in (offer_id, offers, query)) > 1:
-            raise InvalidRequestError("give at most one of offer_id, offers, query")
         candidates = await self._candidates(
             offer_id=offer_id, offers=offers, query=query, disk_gb=request.disk_gb
         )
@@ -267,7 +285,7 @@ class VastAIService(AsyncComputeProvider):
             race_id=race_id,
             offers=candidates,
             request=request,
-            public_key=self.config.ssh_public_key,
+            public_key=self.config.ssh_identity()[1],
             fan_out=fan_out,
             timings=race_timings,
             max_spend_usd=max_spend_usd,
@@ -386,7 +404,7 @@ class VastAIService(AsyncComputeProvider):
     def _key(self) -> asyncssh.SSHKey:
         if self._client_key is None:
             self._client_key = load_client_key(
-                self.config.ssh_key_path, self.config.ssh_key_passphrase
+                self.config.ssh_identity()[0], self.config.ssh_key_passphrase
             )
         return self._client_key
 
@@ -417,7 +435,7 @@ class VastAIService(AsyncComputeProvider):
 
     def _rental(self, info: RentalInfo, client_key: asyncssh.SSHKey) -> Rental:
         return Rental(
-            info=info, service=self, client_key=client_key, key_path=self.config.ssh_key_path
+            info=info, service=self, client_key=client_key, key_path=self.config.ssh_identity()[0]
         )
 
     # -- lifecycle of existing instances --------------------------------------------------

@@ -15,9 +15,9 @@ import pytest
 import pytest_asyncio
 
 from tests.cli._runner import lines, vast_cli
-from vastai_async._sandbox_link import sandbox_config
 from vastai_async.query import OfferQuery
 from vastai_async.sandbox import Sandbox
+from vastai_async.sandbox_link import sandbox_config
 from vastai_async.service import VastAIService
 
 

@@ -110,8 +110,8 @@ async def _demo(
     fan_out: int,
     as_json: bool,
 ) -> dict[str, Any]:
-    from vastai_async._sandbox_link import sandbox_config, sandbox_key_path
     from vastai_async.sandbox import Sandbox
+    from vastai_async.sandbox_link import sandbox_config, sandbox_key_path
     from vastai_async.service import VastAIService
 
     started = time.monotonic()

@@ -18,8 +18,8 @@ def make_service(ctx: click.Context) -> VastAIService:
     Raises:
         ConfigError: missing or invalid settings (shown as one line by ``run_command``).
     """
-    from vastai_async._sandbox_link import read_sandbox_record, sandbox_config
     from vastai_async.config import get_vastai_config
+    from vastai_async.sandbox_link import read_sandbox_record, sandbox_config
     from vastai_async.service import VastAIService
 
     state = ctx.find_object(CLIState)

@@ -23,7 +23,7 @@ __all__ = ["sandbox_cmd", "sandbox_record_path"]
 
 def sandbox_record_path() -> Path:
     """Where a standalone sandbox records its URL and key."""
-    from vastai_async._sandbox_link import sandbox_record_path as record_path
+    from vastai_async.sandbox_link import sandbox_record_path as record_path
 
     return record_path()
 

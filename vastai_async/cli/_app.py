@@ -48,7 +48,7 @@ class CLIState:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="vastai-async")
-@click.option("--debug", is_flag=True, help="Show tracebacks and DEBUG logs.")
+@click.option("--debug", is_flag=True, help="Show tracebacks, wire details and DEBUG logs.")
 @click.option(
     "--sandbox",
     "use_sandbox",
@@ -59,7 +59,7 @@ class CLIState:
 @click.option("--sandbox-key", default=None, help="API key of the sandbox at --sandbox-url.")
 @click.option(
     "--sandbox-time-scale",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=1.0,
     show_default=True,
     help="time_scale of the sandbox at --sandbox-url.",
@@ -75,8 +75,10 @@ def cli(
 ) -> None:
     """Rent Vast.ai GPU machines from the command line.
 
-    Configuration comes from VASTAI_* variables or .env.local.vastai (see
-    .env.local.vastai.example). With --sandbox no account is needed. Exit codes: 0 success,
+    Configuration comes from VASTAI_* variables or ./.env.local.vastai (README,
+    "Configuration"); `vastai-async config` shows what is set and missing. With --sandbox no
+    account is needed. Read-only commands (search, list, show, logs, destroy, reap) need only
+    the API key. Exit codes: 0 success,
     1 failure (one line on stderr; --debug for the traceback), 2 usage, 130 interrupted.
     Ctrl-C or SIGTERM destroys what the running command created.
 
@@ -134,8 +136,10 @@ def run_command(ctx: click.Context, make: Callable[[], Coroutine[Any, Any, T]]) 
     except ConfigError as err:
         if state.debug:
             traceback.print_exc()
+        from vastai_async.cli._setup import CONFIG_HINT
+
         named = any(name.startswith("VASTAI_") for name, _ in err.problems)
-        fail(f"{err} (see .env.local.vastai.example)" if named else str(err))
+        fail(f"{err}; {CONFIG_HINT}" if named else str(err))
     except VastAIError as err:
         if state.debug:
             traceback.print_exc()

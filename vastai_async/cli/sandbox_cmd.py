@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -123,15 +124,21 @@ def sandbox_cmd(
         raise click.BadParameter("must be > 0", param_hint="--time-scale")
     if offers < 1:
         raise click.BadParameter("must be >= 1", param_hint="--offers")
-    asyncio.run(
-        _serve(
-            host=host,
-            port=port,
-            seed=seed,
-            time_scale=time_scale,
-            offers=offers,
-            api_key=api_key,
-            rate_limits=not no_rate_limits,
-            ssh=not no_ssh,
+    try:
+        asyncio.run(
+            _serve(
+                host=host,
+                port=port,
+                seed=seed,
+                time_scale=time_scale,
+                offers=offers,
+                api_key=api_key,
+                rate_limits=not no_rate_limits,
+                ssh=not no_ssh,
+            )
         )
-    )
+    except OSError as err:
+        # A busy or forbidden port is the user's setting, not a bug: one line, exit 1.
+        reason = err.strerror or str(err)
+        click.echo(f"error: cannot serve the sandbox on {host}:{port}: {reason}", err=True)
+        sys.exit(1)

@@ -349,7 +349,9 @@ class VastAIService(AsyncComputeProvider):
         if offer_id is not None:
             if isinstance(offer_id, bool) or not isinstance(offer_id, int) or offer_id < 1:
                 raise InvalidRequestError(f"offer_id must be a positive integer, got {offer_id!r}")
-            found = await self.client.search_offers({"id": {"eq": offer_id}})
+            # Priced with the disk the rental asks for: dph_total is then what it bills.
+            wire = {"id": {"eq": offer_id}, "allocated_storage": disk_gb}
+            found = await self.client.search_offers(wire)
             offer = next((o for o in found if o.id == offer_id), None)
             if offer is None:
                 # Without the offer we cannot check its price against the ceiling: refuse.

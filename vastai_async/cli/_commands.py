@@ -103,9 +103,7 @@ def config_cmd(ctx: click.Context, as_json: bool) -> None:
         if config.ssh_key_path is None:
             problems.append(("VASTAI_SSH_KEY_PATH", "missing (needed to rent and log in)"))
     if as_json:
-        print_json(
-            {"settings": fields, "problems": [{"name": n, "reason": r} for n, r in problems]}
-        )
+        print_json({**fields, "problems": [{"name": n, "reason": r} for n, r in problems]})
     else:
         for key, value in fields.items():
             click.echo(f"{key:22} {'-' if value is None else value}")
@@ -186,7 +184,7 @@ def search_cmd(
                 for o in offers
             ],
             title=(
-                f"the {limit} cheapest offers (--limit {limit}; more match)"
+                f"the {limit} cheapest offers (--limit {limit} reached; there may be more)"
                 if len(offers) >= limit
                 else _plural(len(offers), "offer")
             ),

@@ -31,20 +31,31 @@ def config_for(ctx: click.Context, *, read_only: bool = False) -> VastAIConfig:
         ConfigError: missing or invalid settings (shown as one line by ``run_command``).
     """
     from vastai_async.config import get_vastai_config
+    from vastai_async.errors import ConfigError
     from vastai_async.sandbox_link import read_sandbox_record, sandbox_config
 
     state = ctx.find_object(CLIState)
     assert state is not None
     if state.sandbox_url is not None:
         if state.sandbox_url == RECORDED:
-            record = read_sandbox_record()
+            record = read_sandbox_record(name=state.sandbox_name)
             url, key, scale = record.url, record.api_key, record.time_scale
-        else:
-            if not state.sandbox_key:
-                raise click.UsageError("--sandbox-url needs --sandbox-key")
+        elif state.sandbox_key:
             url, key, scale = state.sandbox_url, state.sandbox_key, state.sandbox_time_scale
+        else:
+            # A URL alone: the key and clock come from that sandbox's record, if it has one.
+            try:
+                record = read_sandbox_record(url=state.sandbox_url)
+            except ConfigError:
+                raise click.UsageError(
+                    "--sandbox-url needs --sandbox-key (no sandbox is recorded at that URL)"
+                ) from None
+            url, key, scale = record.url, record.api_key, record.time_scale
+        state.api_root = url
         return sandbox_config(url, key, time_scale=scale)
-    return get_vastai_config(require_ssh_key=not read_only)
+    config = get_vastai_config(require_ssh_key=not read_only)
+    state.api_root = config.api_root
+    return config
 
 
 def make_service(ctx: click.Context, *, read_only: bool = False) -> VastAIService:

@@ -263,9 +263,10 @@ async def test_reap_refuses_without_yes_then_destroys_orphans_and_spares_kept(
     await kept.terminate()
 
 
-async def test_sandbox_flag_uses_the_sandbox_recorded_in_the_state_directory(
+async def test_sandbox_flag_reads_a_record_of_the_earlier_single_file_layout(
     vastai_sandbox: Sandbox,
 ) -> None:
+    """``sandbox.json`` (before one record per sandbox) is still read."""
     record = Path(os.environ["VASTAI_STATE_DIR"]) / "sandbox.json"
     record.write_text(
         json.dumps(

@@ -158,6 +158,7 @@ class RaceFailed(Event):
 
 
 EventCallback = Callable[[Event], Awaitable[None] | None]
+"""What ``on_event`` takes: called with each event; may return an awaitable (then awaited)."""
 
 
 class EventEmitter:

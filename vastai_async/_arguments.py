@@ -27,10 +27,12 @@ from vastai_async.query import OfferQuery
 from vastai_async.timings import Timings
 
 __all__ = [
+    "InstanceArguments",
     "ProvisionArguments",
     "SearchArguments",
     "check_arguments",
     "search_query",
+    "validate_instance_id",
     "validate_provision_args",
     "validate_search_args",
 ]
@@ -142,6 +144,18 @@ def check_arguments(cls: type[_A], **arguments: Any) -> _A:
                 f"{name} must be {_describe(hint)}, got {_describe_value(value)}"
             )
     return cls(**arguments)
+
+
+@attrs.frozen(kw_only=True)
+class InstanceArguments:
+    """An instance id, as :meth:`terminate_instance`, :meth:`get_rental` and :meth:`adopt` take."""
+
+    instance_id: int = attrs.field(validator=_positive)
+
+
+def validate_instance_id(instance_id: Any) -> int:
+    """A checked instance id (a positive ``int``; ``bool`` and ``"42"`` are refused)."""
+    return check_arguments(InstanceArguments, instance_id=instance_id).instance_id
 
 
 def validate_search_args(**arguments: Any) -> SearchArguments:

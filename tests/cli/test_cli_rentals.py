@@ -93,7 +93,7 @@ async def test_provision_prints_winner_losers_cost_plain_progress_and_json(
     vastai_sandbox: Sandbox,
 ) -> None:
     """Not a terminal: plain progress lines, no escape codes; losers destroyed; --no-keep too."""
-    result, as_json = await asyncio.gather(
+    result, as_json, not_kept = await asyncio.gather(
         vast_cli("provision", "--job-id", "cli-1", "--fan-out", "3", sandbox=vastai_sandbox),
         vast_cli(
             "provision",
@@ -105,7 +105,14 @@ async def test_provision_prints_winner_losers_cost_plain_progress_and_json(
             "--json",
             sandbox=vastai_sandbox,
         ),
+        vast_cli(
+            "provision", "--job-id", "cli-3", "--fan-out", "1", "--no-keep", sandbox=vastai_sandbox
+        ),
     )
+    # --no-keep: the winner is destroyed, so no ssh line is offered for it.
+    assert not_kept.code == 0, not_kept.err
+    assert "ssh " not in not_kept.out
+    assert lines(not_kept.out)[-1].startswith("destroyed instance ")
     assert result.code == 0, result.err
     out = lines(result.out)
     assert out[0].startswith("winner: instance ")
@@ -194,6 +201,11 @@ async def test_rent_keeps_the_label_readable_and_ssh_run_logs_show_destroy_work(
     assert logs.code == 0, logs.err
     assert f"created from offer {offer.id}" in logs.out
 
+    missing = await vast_cli("show", "999999", sandbox=vastai_sandbox)
+    assert missing.code == 1
+    assert lines(missing.err) == [
+        "error: instance 999999 not found: never existed or already destroyed"
+    ]
     destroy = await vast_cli("destroy", str(instance_id), "999999", sandbox=vastai_sandbox)
     assert destroy.code == 0, destroy.err
     assert lines(destroy.out) == [

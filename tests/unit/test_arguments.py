@@ -233,3 +233,23 @@ def test_an_unusable_state_directory_is_refused_before_anything_runs(
     with pytest.raises(ConfigError) as info:
         get_vastai_config(api_key="k", state_dir=state / "sub", require_ssh_key=False)
     assert [name for name, _ in info.value.problems] == ["VASTAI_STATE_DIR"]
+
+
+async def test_service_borrows_an_http_session_and_leaves_it_open(tmp_path: Path) -> None:
+    import aiohttp
+
+    with aioresponses.aioresponses() as mock:
+        mock.post(f"{ROOT}/api/v0/bundles/", payload={"offers": []})
+        async with aiohttp.ClientSession() as http:
+            async with VastAIService(config=make_config(tmp_path), http_session=http) as vast:
+                assert await vast.search_offers() == []
+            assert not http.closed
+
+
+@pytest.mark.parametrize("bad", ["42", True, 0, -1, 4.0, None])
+def test_instance_ids_are_positive_integers(bad: object) -> None:
+    from vastai_async._arguments import validate_instance_id
+
+    assert validate_instance_id(42) == 42
+    with pytest.raises(InvalidRequestError, match="instance_id"):
+        validate_instance_id(bad)

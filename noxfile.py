@@ -1,6 +1,13 @@
-"""Developer sessions: lint, typecheck, tests (and later docs, bench)."""
+"""Developer sessions: lint, typecheck, tests, mindeps, docs, bench, chaos.
+
+``nox`` alone runs lint, typecheck and tests; name the others (``nox -s mindeps``).
+"""
 
 from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
 
 import nox
 
@@ -28,6 +35,42 @@ def tests(session: nox.Session) -> None:
     """The whole test suite."""
     session.install("-e", ".[dev]")
     session.run("pytest", "-q", *session.posargs)
+
+
+def floor_pins(pyproject: Path = Path("pyproject.toml")) -> list[str]:
+    """``name==floor`` for every runtime dependency: the oldest versions we claim to support."""
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    pins = []
+    for dep in deps:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?>=([^,;\s]+)", dep.strip())
+        if match is None:
+            raise ValueError(f"dependency without a plain >= floor: {dep!r}")
+        pins.append(f"{match[1]}=={match[3]}")
+    return pins
+
+
+@nox.session
+def mindeps(session: nox.Session) -> None:
+    """Unit tests on the dependency floors: every runtime dependency pinned to its ``>=`` version.
+
+    Direct dependencies are pinned (a constraints file); their own dependencies resolve freely,
+    as uv's ``--resolution lowest-direct`` would. Test tools come at their current versions.
+    """
+    constraints = Path(session.create_tmp()) / "floors.txt"
+    constraints.write_text("\n".join(floor_pins()) + "\n")
+    session.install("-c", str(constraints), "-e", ".")
+    # Test tools only (the docs build test skips itself without mkdocs).
+    session.install(
+        "-c",
+        str(constraints),
+        "pytest",
+        "pytest-asyncio",
+        "pytest-timeout",
+        "aioresponses",
+        "hypothesis",
+    )
+    session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
+    session.run("pytest", "-q", "tests/unit", *session.posargs)
 
 
 @nox.session

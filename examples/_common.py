@@ -19,7 +19,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from vastai_async import ConfigError, VastAIConfig, VastAIError, get_vastai_config
-from vastai_async._sandbox_link import read_sandbox_record, sandbox_config
+from vastai_async.sandbox_link import read_sandbox_record, sandbox_config
 
 __all__ = ["example_config", "example_parser", "run_example"]
 

@@ -1,6 +1,7 @@
 """GPU jobs from an arq queue on Redis: start workers (on as many machines as you like), enqueue.
 
-Needs the ``arq`` extra (``pip install 'vastai-async[arq]'``) and a Redis server.
+Needs the ``arq`` extra (``pip install -e '/path/to/vastai-async[arq]'`` from a clone: not on
+PyPI yet) and a Redis server.
 
     python examples/arq_worker.py --sandbox worker                  # one or more, anywhere
     python examples/arq_worker.py --sandbox enqueue --jobs 6        # prints each job's result

@@ -3,8 +3,8 @@ nothing billing (except ``rent_instance.py``, which keeps its machine on purpose
 
 Scripts run as subprocesses (``asyncio`` ones, so the in-process sandbox keeps serving), pointed at
 the fixture's sandbox the three ways a user can: ``VASTAI_SANDBOX_URL``/``KEY``/``TIME_SCALE``,
-``--sandbox`` with a recorded ``sandbox.json``, and plain ``VASTAI_*`` settings in
-``.env.local.vastai`` as for a real account.
+``--sandbox`` with a recorded sandbox (``sandboxes/default.json``), and plain ``VASTAI_*``
+settings in ``.env.local.vastai`` as for a real account.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 
 from vastai_async import VastAIService
 from vastai_async.sandbox import Sandbox
+from vastai_async.sandbox_link import SandboxRecord, write_sandbox_record
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CREATE_ROUTE = "PUT /api/v0/asks/{id}/"
@@ -74,11 +75,8 @@ def env_for(sandbox: Sandbox) -> dict[str, str]:
 
 def record(sandbox: Sandbox) -> dict[str, str]:
     """Record the sandbox as ``vastai-async sandbox`` does, for ``--sandbox``; the environment."""
-    state = Path(os.environ["VASTAI_STATE_DIR"])
-    (state / "sandbox.json").write_text(
-        json.dumps(
-            {"url": sandbox.url, "api_key": sandbox.api_key, "time_scale": sandbox.time_scale}
-        )
+    write_sandbox_record(
+        SandboxRecord(url=sandbox.url, api_key=sandbox.api_key, time_scale=sandbox.time_scale)
     )
     return dict(os.environ)
 

@@ -48,9 +48,6 @@ from vastai_async.timings import (
 )
 
 if TYPE_CHECKING:
-    from vastai_async._sandbox_link import (
-        sandbox_config,
-    )
     from vastai_async.account_keys import (
         ensure_account_key,
     )
@@ -63,7 +60,19 @@ if TYPE_CHECKING:
         get_vastai_config,
     )
     from vastai_async.events import (
+        CandidateChosen,
+        CandidateFailed,
+        CreateFailed,
         Event,
+        EventCallback,
+        InstanceCreated,
+        InstanceDestroyed,
+        ProbeAttempt,
+        RaceFailed,
+        RaceStarted,
+        SpendUpdate,
+        StatusChanged,
+        WinnerChosen,
     )
     from vastai_async.models import (
         CreateInstanceRequest,
@@ -92,10 +101,14 @@ if TYPE_CHECKING:
     from vastai_async.rental import (
         Rental,
     )
+    from vastai_async.sandbox_link import (
+        sandbox_config,
+    )
     from vastai_async.service import (
         VastAIService,
     )
     from vastai_async.session import (
+        RetryPolicy,
         VastAISession,
     )
     from vastai_async.ssh import (
@@ -108,20 +121,32 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "AsyncComputeProvider": "vastai_async.provider",
     "AttemptRecord": "vastai_async.provisioning",
+    "CandidateChosen": "vastai_async.events",
+    "CandidateFailed": "vastai_async.events",
     "CommandResult": "vastai_async.ssh",
+    "CreateFailed": "vastai_async.events",
     "CreateInstanceRequest": "vastai_async.models",
     "CreateInstanceResponse": "vastai_async.models",
     "Event": "vastai_async.events",
+    "EventCallback": "vastai_async.events",
     "Instance": "vastai_async.models",
+    "InstanceCreated": "vastai_async.events",
+    "InstanceDestroyed": "vastai_async.events",
     "InstanceStatus": "vastai_async.models",
     "Offer": "vastai_async.models",
     "OfferQuery": "vastai_async.query",
+    "ProbeAttempt": "vastai_async.events",
+    "RaceFailed": "vastai_async.events",
+    "RaceStarted": "vastai_async.events",
     "ReapReport": "vastai_async.provider",
     "Rental": "vastai_async.rental",
     "RentalInfo": "vastai_async.models",
     "RentalSummary": "vastai_async.provider",
+    "RetryPolicy": "vastai_async.session",
     "SSHEndpoint": "vastai_async.models",
     "SSHKey": "vastai_async.models",
+    "SpendUpdate": "vastai_async.events",
+    "StatusChanged": "vastai_async.events",
     "Template": "vastai_async.models",
     "User": "vastai_async.models",
     "VastAIClient": "vastai_async.client",
@@ -129,10 +154,11 @@ _LAZY: dict[str, str] = {
     "VastAIService": "vastai_async.service",
     "VastAISession": "vastai_async.session",
     "ensure_account_key": "vastai_async.account_keys",
+    "WinnerChosen": "vastai_async.events",
     "generate_ssh_keypair": "vastai_async.config",
     "get_vastai_config": "vastai_async.config",
     "parse_cli_query": "vastai_async.query",
-    "sandbox_config": "vastai_async._sandbox_link",
+    "sandbox_config": "vastai_async.sandbox_link",
 }
 
 
@@ -159,15 +185,21 @@ __all__ = [
     "AttemptRecord",
     "AuthenticationError",
     "BadRequestError",
+    "CandidateChosen",
+    "CandidateFailed",
     "CommandResult",
     "ConfigError",
+    "CreateFailed",
     "CreateInstanceRequest",
     "CreateInstanceResponse",
     "CreateOutcomeUnknownError",
     "Event",
+    "EventCallback",
     "GoneError",
     "HostKeyMismatchError",
     "Instance",
+    "InstanceCreated",
+    "InstanceDestroyed",
     "InstanceStatus",
     "InsufficientCreditError",
     "InternalServerError",
@@ -179,13 +211,17 @@ __all__ = [
     "OutbidError",
     "Pacing",
     "PermissionDeniedError",
+    "ProbeAttempt",
     "ProvisioningError",
+    "RaceFailed",
+    "RaceStarted",
     "RateLimitedError",
     "ReapReport",
     "Rental",
     "RentalInfo",
     "RentalSummary",
     "ResponseValidationError",
+    "RetryPolicy",
     "SSHAuthError",
     "SSHCommandError",
     "SSHConnectError",
@@ -194,6 +230,8 @@ __all__ = [
     "SSHKey",
     "SSHTimeoutError",
     "ServiceClosedError",
+    "SpendUpdate",
+    "StatusChanged",
     "TeardownError",
     "Template",
     "Timings",
@@ -203,6 +241,7 @@ __all__ = [
     "VastAIError",
     "VastAIService",
     "VastAISession",
+    "WinnerChosen",
     "__version__",
     "ensure_account_key",
     "generate_ssh_keypair",

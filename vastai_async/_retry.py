@@ -18,19 +18,19 @@ from typing import Any
 import attrs
 import backoff
 
-from vastai_async.errors import APIError
+from vastai_async.errors import APIError, InvalidRequestError
 
 __all__ = ["RetryPolicy", "RetryableFailure", "build_retrying", "server_wait_s"]
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+        raise InvalidRequestError(f"RetryPolicy.{attribute.name} must be >= 0, got {value!r}")
 
 
 def _at_least_one(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 1:
-        raise ValueError(f"{attribute.name} must be >= 1, got {value!r}")
+        raise InvalidRequestError(f"RetryPolicy.{attribute.name} must be >= 1, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)

@@ -53,9 +53,11 @@ class VastAIConfig:
     Attributes:
         api_key: the Vast.ai API key (secret: never in repr).
         api_base_url: server root or root + ``/api/v0``.
-        ssh_key_path: private key used to log into rentals.
+        ssh_key_path: private key used to log into rentals; ``None`` in a config built with
+            ``require_ssh_key=False`` (enough to search, list, show and destroy).
         ssh_key_passphrase: passphrase of an encrypted key (secret).
-        ssh_public_key: the OpenSSH public half of the key, attached to each rental.
+        ssh_public_key: the OpenSSH public half of the key, attached to each rental (``None``
+            without a key).
         preferred_gpus: short or full GPU names matched as whole words of ``gpu_name``.
         template_ids: templates jobs may use; empty means any.
         max_bid_usd_per_hour: price ceiling in USD/hour (``dph_total`` and bids).
@@ -71,9 +73,9 @@ class VastAIConfig:
 
     api_key: str = attrs.field(repr=False)
     api_base_url: str = DEFAULT_API_BASE_URL
-    ssh_key_path: Path
+    ssh_key_path: Path | None = None
     ssh_key_passphrase: str | None = attrs.field(default=None, repr=False)
-    ssh_public_key: str
+    ssh_public_key: str | None = None
     preferred_gpus: tuple[str, ...] = ("4090", "A100")
     template_ids: tuple[str, ...] = ()
     max_bid_usd_per_hour: float = 4.5
@@ -93,6 +95,18 @@ class VastAIConfig:
         if url.endswith("/api/v0"):
             url = url[: -len("/api/v0")]
         return url
+
+    def ssh_identity(self) -> tuple[Path, str]:
+        """The private key path and its public line, needed to rent and to log in.
+
+        Raises:
+            ConfigError: the config was built without a key (``require_ssh_key=False``).
+        """
+        if self.ssh_key_path is None or self.ssh_public_key is None:
+            raise ConfigError(
+                [(_PREFIX + "SSH_KEY_PATH", "missing (required to rent and log into machines)")]
+            )
+        return self.ssh_key_path, self.ssh_public_key
 
     def scaled(self, factor: float) -> VastAIConfig:
         """A copy whose timings and pacing run on a clock scaled by ``factor`` (the sandbox's)."""
@@ -150,6 +164,7 @@ def get_vastai_config(
     allow_insecure_key: bool | None = None,
     timings: Timings | None = None,
     pacing: Pacing | None = None,
+    require_ssh_key: bool = True,
 ) -> VastAIConfig:
     """Build a validated :class:`VastAIConfig`.
 
@@ -182,6 +197,9 @@ def get_vastai_config(
         timings: used as given; the two timeout variables are then not read (the two timeout
             arguments still apply on top).
         pacing: per-route pacing; default :class:`Pacing`.
+        require_ssh_key: ``False`` for read-only use (search, list, show, logs, destroy): a
+            missing ``VASTAI_SSH_KEY_PATH`` is then not an error (a given one is still checked),
+            and :meth:`VastAIConfig.ssh_identity` raises when something needs the key.
 
     Returns:
         The frozen configuration.
@@ -194,7 +212,13 @@ def get_vastai_config(
 
     key = r.take("API_KEY", api_key, r.env.str, ..., (_text, _not_blank))
     url = r.take("API_BASE_URL", api_base_url, r.env.str, DEFAULT_API_BASE_URL, (_text, _http_url))
-    key_path = r.take("SSH_KEY_PATH", ssh_key_path, r.env.str, ..., (_pathlike, _not_blank))
+    key_path = r.take(
+        "SSH_KEY_PATH",
+        ssh_key_path,
+        r.env.str,
+        ... if require_ssh_key else None,
+        (_pathlike, _not_blank),
+    )
     passphrase = r.take("SSH_KEY_PASSPHRASE", ssh_key_passphrase, r.env.str, None, (_text,))
     gpus = r.take_list("PREFERRED_GPUS", preferred_gpus, ("4090", "A100"))
     templates = r.take_list("TEMPLATE_IDS", template_ids, ())
@@ -209,7 +233,7 @@ def get_vastai_config(
         (_text, _not_blank),
     )
     owner_id = r.take("OWNER", owner, r.env.str, None, (_text, _owner))
-    state = r.take("STATE_DIR", state_dir, r.env.str, None, (_pathlike, _not_blank))
+    state = r.take("STATE_DIR", state_dir, r.env.str, None, (_pathlike, _not_blank, _state_dir))
     insecure = r.take("ALLOW_INSECURE_KEY", allow_insecure_key, r.env.bool, False, (_boolean,))
     # Explicit objects win: the timeout variables only refine the default Timings.
     read_env = r.env.float if timings is None else None
@@ -219,7 +243,7 @@ def get_vastai_config(
 
     public_key: str | None = None
     key_file: Path | None = None
-    if key_path is not None:
+    if key_path is not None and not r.has_problem("SSH_KEY_PATH"):
         key_file = Path(key_path).expanduser().absolute()
         public_key = r.load_key(key_file, passphrase or None, allow_insecure=bool(insecure))
     if r.problems:
@@ -233,9 +257,9 @@ def get_vastai_config(
     return VastAIConfig(
         api_key=_must(key).strip(),
         api_base_url=_must(url).strip().rstrip("/"),
-        ssh_key_path=_must(key_file),
+        ssh_key_path=key_file,
         ssh_key_passphrase=passphrase or None,
-        ssh_public_key=_must(public_key),
+        ssh_public_key=public_key,
         preferred_gpus=_must(gpus),
         template_ids=_must(templates),
         max_bid_usd_per_hour=float(_must(max_bid)),
@@ -305,6 +329,16 @@ def _http_url(value: str) -> None:
         raise ma.ValidationError("not an http(s) URL (expected e.g. https://console.vast.ai)")
     if any(c.isspace() for c in value.strip()):
         raise ma.ValidationError("not an http(s) URL: contains whitespace")
+
+
+def _state_dir(value: str | os.PathLike[str]) -> None:
+    # Checked now, not after renting: pinned host keys are written there once a login works.
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise ma.ValidationError("must be an absolute path (the working folder changes)")
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ma.ValidationError(f"not a directory: {existing}")
 
 
 def _owner(value: str) -> None:
@@ -413,6 +447,10 @@ class _Reader:
             messages: Any = err.error_messages
             for name, reasons in dict(messages).items():
                 self.problems.append((str(name), _reason(reasons)))
+
+    def has_problem(self, suffix: str) -> bool:
+        """Whether a problem was already recorded for ``VASTAI_<suffix>``."""
+        return any(name == _PREFIX + suffix for name, _ in self.problems)
 
     def load_key(self, path: Path, passphrase: str | None, *, allow_insecure: bool) -> str | None:
         """Check the key file and return its OpenSSH public line (None after a problem)."""

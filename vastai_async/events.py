@@ -2,7 +2,8 @@
 
 Every step of a race emits one event to the optional ``on_event`` callback (sync or async,
 awaited in order) and to the logger. An exception in a callback is logged and never breaks the
-race: a progress display must not cost anyone a machine.
+race: a progress display must not cost anyone a machine. A callback that keeps failing is logged
+with its traceback once, then as a count (at 2, 4, 8, ... failures), not once per event.
 """
 
 from __future__ import annotations
@@ -192,6 +193,7 @@ class RaceFailed(Event):
 
 
 EventCallback = Callable[[Event], Awaitable[None] | None]
+"""What ``on_event`` takes: called with each event; may return an awaitable (then awaited)."""
 
 
 class EventEmitter:
@@ -202,15 +204,30 @@ class EventEmitter:
     ) -> None:
         self._callbacks = [cb for cb in callbacks if cb is not None]
         self._log = logger or _log
+        #: Failures so far, per callback (by position).
+        self.failures = [0] * len(self._callbacks)
 
     async def emit(self, event: Event) -> None:
         """Log and deliver one event."""
         if self._log.isEnabledFor(logging.DEBUG):
             self._log.debug("event %s", event)
-        for callback in self._callbacks:
+        for index, callback in enumerate(self._callbacks):
             try:
                 result = callback(event)
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                self._log.exception("on_event callback failed on %s; ignored", type(event).__name__)
+                self._failed(index, callback, event)
+
+    def _failed(self, index: int, callback: EventCallback, event: Event) -> None:
+        self.failures[index] += 1
+        count = self.failures[index]
+        name = getattr(callback, "__qualname__", type(callback).__name__)
+        if count == 1:
+            self._log.exception(
+                "on_event callback %s failed on %s; ignored (later failures are counted)",
+                name,
+                type(event).__name__,
+            )
+        elif count & (count - 1) == 0:  # a power of two: the log grows with log2(failures)
+            self._log.warning("on_event callback %s has failed %d times; ignored", name, count)

@@ -6,20 +6,29 @@ files live under ``<state_dir>/ssh/``: ``known_hosts.json`` (the index, the sour
 ``known_hosts`` (the same keys as OpenSSH lines, ``[host]:port key``, regenerated on each change,
 so a person can pass it to ``ssh -o UserKnownHostsFile=...``). Writes are atomic (temporary file
 + rename) and private (mode 0600).
+
+Workers of one host may share a state directory: every read-modify-write holds an exclusive
+``fcntl`` lock on ``known_hosts.lock``, so no pin is lost to a concurrent writer. Code running on
+an event loop uses the ``a``-prefixed methods (:meth:`KnownHostsStore.apin` ...), which do the
+file work in a thread. The index is read and written through the package's one converter.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 
-from vastai_async.errors import ConfigError
+from vastai_async._converter import structure, unstructure
+from vastai_async.errors import ConfigError, VastAIError
 
 __all__ = ["KnownHostsStore", "PinnedHostKey"]
 
@@ -40,7 +49,7 @@ class PinnedHostKey:
     host: str
     port: int
     key: str
-    pinned_at: float
+    pinned_at: float = 0.0
 
     def known_hosts_line(self) -> str:
         """This pin as an OpenSSH ``known_hosts`` line."""
@@ -59,6 +68,30 @@ class KnownHostsStore:
         self.directory = Path(state_dir) / "ssh"
         self.index_path = self.directory / "known_hosts.json"
         self.known_hosts_path = self.directory / "known_hosts"
+        self.lock_path = self.directory / "known_hosts.lock"
+
+    async def aget(self, instance_id: int) -> PinnedHostKey | None:
+        """:meth:`get`, with the file work in a thread (for code on an event loop)."""
+        return await asyncio.to_thread(self.get, instance_id)
+
+    async def apin(self, instance_id: int, host: str, port: int, key_line: str) -> PinnedHostKey:
+        """:meth:`pin`, with the file work in a thread (for code on an event loop)."""
+        return await asyncio.to_thread(self.pin, instance_id, host, port, key_line)
+
+    async def aremove(self, instance_id: int) -> bool:
+        """:meth:`remove`, with the file work in a thread (for code on an event loop)."""
+        return await asyncio.to_thread(self.remove, instance_id)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # One writer at a time across processes and threads: each call opens its own handle.
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def get(self, instance_id: int) -> PinnedHostKey | None:
         """Return the key pinned for ``instance_id``, or ``None``."""
@@ -86,17 +119,19 @@ class KnownHostsStore:
             key=f"{parts[0]} {parts[1]}",
             pinned_at=time.time(),
         )
-        pins = self._load()
-        pins[instance_id] = pinned
-        self._save(pins)
+        with self._locked():
+            pins = self._load()
+            pins[instance_id] = pinned
+            self._save(pins)
         return pinned
 
     def remove(self, instance_id: int) -> bool:
         """Forget the pin of ``instance_id``; returns whether there was one."""
-        pins = self._load()
-        if pins.pop(instance_id, None) is None:
-            return False
-        self._save(pins)
+        with self._locked():
+            pins = self._load()
+            if pins.pop(instance_id, None) is None:
+                return False
+            self._save(pins)
         return True
 
     def all(self) -> list[PinnedHostKey]:
@@ -115,14 +150,8 @@ class KnownHostsStore:
         pins: dict[int, PinnedHostKey] = {}
         try:
             for key, item in raw.get("instances", {}).items():
-                pins[int(key)] = PinnedHostKey(
-                    instance_id=int(key),
-                    host=str(item["host"]),
-                    port=int(item["port"]),
-                    key=str(item["key"]),
-                    pinned_at=float(item.get("pinned_at", 0.0)),
-                )
-        except (AttributeError, KeyError, TypeError, ValueError) as err:
+                pins[int(key)] = structure({**item, "instance_id": key}, PinnedHostKey)
+        except (AttributeError, TypeError, ValueError, VastAIError) as err:
             raise ConfigError(
                 [(str(self.index_path), f"malformed known-hosts index: {err!r}")]
             ) from err
@@ -132,7 +161,7 @@ class KnownHostsStore:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         index = {
             "instances": {
-                str(i): {"host": p.host, "port": p.port, "key": p.key, "pinned_at": p.pinned_at}
+                str(i): {k: v for k, v in unstructure(p).items() if k != "instance_id"}
                 for i, p in sorted(pins.items())
             }
         }

@@ -44,7 +44,7 @@ def validate_id(what: str, value: str) -> str:
         InvalidRequestError: when it is empty, too long, or has characters outside
             ``[A-Za-z0-9._-]``.
     """
-    if not isinstance(value, str) or not _ID_RE.match(value):
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise InvalidRequestError(
             f"{what} must be 1-128 characters of [A-Za-z0-9._-], got {value!r}"
         )

@@ -15,12 +15,17 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import aiohttp
 import asyncssh
 import attrs
 
+from vastai_async._arguments import (
+    search_query,
+    validate_instance_id,
+    validate_provision_args,
+    validate_search_args,
+)
 from vastai_async._logging import get_logger
 from vastai_async._owners import OwnerLock, owner_is_dead
 from vastai_async._poller import InstancePoller
@@ -48,7 +53,7 @@ from vastai_async.provider import AsyncComputeProvider, ReapReport, RentalSummar
 from vastai_async.provisioning import ProbeOutcome, Race, new_race_id
 from vastai_async.query import OfferQuery
 from vastai_async.rental import Rental, RentalOwner
-from vastai_async.session import VastAISession
+from vastai_async.session import RetryPolicy, VastAISession
 from vastai_async.ssh import load_client_key, probe
 from vastai_async.timings import Timings
 
@@ -63,13 +68,18 @@ class VastAIService(AsyncComputeProvider):
     Args:
         config: settings; read from the environment with :func:`get_vastai_config` when omitted.
         logger: where progress goes; defaults to ``vastai_async.service``.
-        session: an ``aiohttp.ClientSession`` to borrow (never closed by us).
+        http_session: an ``aiohttp.ClientSession`` to borrow (never closed by us). Its silent
+            replay of PUT/DELETE after a dropped connection is switched off, because a replayed
+            create could rent a second machine; lend a session used only for Vast.ai.
         timings: overrides ``config.timings`` for this service.
         on_event: called with every race event (sync or async).
         max_concurrent_provisions: admission control: at most this many races run at once;
             further ``provision_instance`` calls wait their turn in a FIFO queue. Default:
             what the create route's pacing can serve within the teardown budget at fan-out 3,
             ``floor(teardown_budget_s / (2 * create_interval * 3))``, at least 1.
+        retry: how requests are retried; default :class:`~vastai_async.RetryPolicy`.
+        client: a :class:`~vastai_async.VastAIClient` to use (and not close) instead of one
+            built from ``config``; ``http_session`` and ``retry`` then do not apply.
     """
 
     def __init__(
@@ -77,27 +87,34 @@ class VastAIService(AsyncComputeProvider):
         config: VastAIConfig | None = None,
         *,
         logger: logging.Logger | None = None,
-        session: aiohttp.ClientSession | None = None,
+        http_session: aiohttp.ClientSession | None = None,
         timings: Timings | None = None,
         on_event: EventCallback | None = None,
         max_concurrent_provisions: int | None = None,
+        retry: RetryPolicy | None = None,
+        client: VastAIClient | None = None,
     ) -> None:
         self.config = config if config is not None else get_vastai_config()
         self.timings = timings if timings is not None else self.config.timings
         self.owner = validate_id("owner", self.config.owner)
         self._log = logger or _log
         self._on_event = on_event
-        self._session = VastAISession(
-            self.config, session=session, timings=self.timings, logger=logger
+        self._owns_session = client is None
+        self._session = (
+            client.session
+            if client is not None
+            else VastAISession(
+                self.config, session=http_session, timings=self.timings, retry=retry, logger=logger
+            )
         )
-        self.client = VastAIClient(self._session)
+        self.client = client if client is not None else VastAIClient(self._session)
         self.known_hosts = KnownHostsStore(self.config.state_dir)
         self._client_key: asyncssh.SSHKey | None = None
         self._poller: InstancePoller | None = None
         self._claimed_offers: set[int] = set()
         # The key goes on the account once, before the first create (the published spec's
         # rule); per-instance attach only where the account refuses it.
-        self._account_key = AccountKeyRegistrar(self.client, self.config.ssh_public_key)
+        self._account_key: AccountKeyRegistrar | None = None
         self._custody = Custody(
             self.client,
             interval_s=self.timings.poll_interval_s,
@@ -161,7 +178,8 @@ class VastAIService(AsyncComputeProvider):
             await self._custody.close()
             if self._poller is not None:
                 await self._poller.close()
-            await self._session.close()
+            if self._owns_session:
+                await self._session.close()
             if self._owner_lock is not None:
                 self._owner_lock.release()
 
@@ -189,46 +207,41 @@ class VastAIService(AsyncComputeProvider):
         self,
         *,
         min_vram_gb: float | None = None,
-        gpus: Sequence[str] | None = None,
+        gpus: str | Sequence[str] | None = None,
         max_usd_per_hour: float | None = None,
-        query: OfferQuery | None = None,
+        query: OfferQuery | str | None = None,
         limit: int | None = None,
     ) -> list[Offer]:
         """Offers matching the config's defaults and these filters, best first.
 
         Args:
             min_vram_gb: minimum VRAM per GPU (GB = 1000 MB); default from the config.
-            gpus: short or full GPU names; default the config's preferred GPUs.
+            gpus: short or full GPU names (a list, or one comma-separated string); default the
+                config's preferred GPUs.
             max_usd_per_hour: price ceiling; never above the config's ceiling.
-            query: a full :class:`~vastai_async.query.OfferQuery` (the other filters then apply
+            query: a full :class:`~vastai_async.query.OfferQuery`, or an official-CLI query
+                string such as ``"num_gpus=2 reliability>0.95"`` (the other filters then apply
                 on top of it).
             limit: at most this many offers.
 
         Returns:
-            Offers cheapest ``dph_total`` first unless the query orders otherwise.
+            Offers cheapest ``dph_total`` first unless the query orders otherwise. Each
+            ``dph_total`` is what an instance of that offer bills per hour with the disk a
+            rental asks for (``query.allocated_storage_gb``, else its ``min_disk_gb``, else the
+            config's ``default_disk_gb``), GPU and storage together.
+
+        Raises:
+            InvalidRequestError: an argument of the wrong type or out of range, named.
         """
-        overrides: dict[str, Any] = {}
-        if min_vram_gb is not None:
-            overrides["min_vram_gb"] = min_vram_gb
-        if gpus is not None:
-            overrides["gpus"] = tuple(gpus)
-        # The config's ceiling always holds; a query or argument may only lower it.
-        ceilings = [self.config.max_bid_usd_per_hour]
-        if max_usd_per_hour is not None:
-            if not (math.isfinite(max_usd_per_hour) and max_usd_per_hour > 0):
-                raise InvalidRequestError("max_usd_per_hour must be a positive number")
-            ceilings.append(max_usd_per_hour)
-        if query is not None and query.max_usd_per_hour is not None:
-            ceilings.append(query.max_usd_per_hour)
-        overrides["max_usd_per_hour"] = min(ceilings)
-        if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-                raise InvalidRequestError(f"limit must be an integer >= 1, got {limit!r}")
-            overrides["limit"] = limit
-        q = (
-            attrs.evolve(query, **overrides)
-            if query is not None
-            else OfferQuery.from_config(self.config, **overrides)
+        q = search_query(
+            self.config,
+            validate_search_args(
+                min_vram_gb=min_vram_gb,
+                gpus=gpus,
+                max_usd_per_hour=max_usd_per_hour,
+                query=query,
+                limit=limit,
+            ),
         )
         offers = await self.client.search_offers(q.to_wire())
         matching = [o for o in offers if q.matches(o)]
@@ -287,7 +300,24 @@ class VastAIService(AsyncComputeProvider):
             ProvisioningError: no candidate produced a login; one record per offer tried.
             TeardownError: cleanup could not confirm every instance destroyed in its budget.
         """
-        validate_id("job_id", job_id)
+        validate_provision_args(
+            job_id=job_id,
+            offer_id=offer_id,
+            offers=offers,
+            query=query,
+            image=image,
+            template=template,
+            extra_env=extra_env,
+            ports=ports,
+            onstart_cmd=onstart_cmd,
+            disk_gb=disk_gb,
+            bid_usd_per_hour=bid_usd_per_hour,
+            fan_out=fan_out,
+            timings=timings,
+            max_spend_usd=max_spend_usd,
+            on_event=on_event,
+        )
+        self.config.ssh_identity()  # a config built without a key can search but not rent
         request = build_create_request(
             self.config,
             image=image,
@@ -298,12 +328,6 @@ class VastAIService(AsyncComputeProvider):
             disk_gb=disk_gb,
             bid_usd_per_hour=bid_usd_per_hour,
         )
-        if isinstance(fan_out, bool) or not isinstance(fan_out, int) or fan_out < 1:
-            raise InvalidRequestError(f"fan_out must be an integer >= 1, got {fan_out!r}")
-        if max_spend_usd is not None and not (math.isfinite(max_spend_usd) and max_spend_usd > 0):
-            raise InvalidRequestError("max_spend_usd must be a positive number")
-        if sum(x is not None for x in (offer_id, offers, query)) > 1:
-            raise InvalidRequestError("give at most one of offer_id, offers, query")
         if self._closed:
             raise ServiceClosedError("the service is closed")
         race_timings = timings if timings is not None else self.timings
@@ -380,6 +404,8 @@ class VastAIService(AsyncComputeProvider):
         )
         race_id = new_race_id()
         emitter = EventEmitter([self._on_event, on_event], self._log)
+        if self._account_key is None:
+            self._account_key = AccountKeyRegistrar(self.client, self.config.ssh_identity()[1])
         key = await self._account_key.ensure()
         await emitter.emit(
             SSHKeyPath(
@@ -402,7 +428,7 @@ class VastAIService(AsyncComputeProvider):
             race_id=race_id,
             offers=candidates,
             request=request,
-            public_key=self.config.ssh_public_key if key.path == "instance" else None,
+            public_key=self.config.ssh_identity()[1] if key.path == "instance" else None,
             fan_out=fan_out,
             timings=timings,
             max_spend_usd=max_spend_usd,
@@ -412,7 +438,7 @@ class VastAIService(AsyncComputeProvider):
         )
         result = await race.run()
         try:
-            self.known_hosts.pin(
+            await self.known_hosts.apin(
                 result.instance_id, result.endpoint.host, result.endpoint.port, result.host_key
             )
         except BaseException:
@@ -452,7 +478,9 @@ class VastAIService(AsyncComputeProvider):
         if offer_id is not None:
             if isinstance(offer_id, bool) or not isinstance(offer_id, int) or offer_id < 1:
                 raise InvalidRequestError(f"offer_id must be a positive integer, got {offer_id!r}")
-            found = await self.client.search_offers({"id": {"eq": offer_id}})
+            # Priced with the disk the rental asks for: dph_total is then what it bills.
+            wire = {"id": {"eq": offer_id}, "allocated_storage": disk_gb}
+            found = await self.client.search_offers(wire)
             offer = next((o for o in found if o.id == offer_id), None)
             if offer is None:
                 # Without the offer we cannot check its price against the ceiling: refuse.
@@ -469,9 +497,10 @@ class VastAIService(AsyncComputeProvider):
         else:
             if disk_gb is not None:
                 # Search only machines with room for the disk we will ask for.
+                # and price every offer for exactly that disk (allocated_storage).
                 base = query if query is not None else OfferQuery.from_config(self.config)
-                if base.min_disk_gb is None or base.min_disk_gb < disk_gb:
-                    query = attrs.evolve(base, min_disk_gb=disk_gb)
+                min_disk = disk_gb if base.min_disk_gb is None else max(base.min_disk_gb, disk_gb)
+                query = attrs.evolve(base, min_disk_gb=min_disk, allocated_storage_gb=disk_gb)
             candidates = await self.search_offers(query=query)
         if disk_gb is not None:
             # A create asking for more disk than the machine has is refused (400): never try it.
@@ -507,7 +536,7 @@ class VastAIService(AsyncComputeProvider):
     def _key(self) -> asyncssh.SSHKey:
         if self._client_key is None:
             self._client_key = load_client_key(
-                self.config.ssh_key_path, self.config.ssh_key_passphrase
+                self.config.ssh_identity()[0], self.config.ssh_key_passphrase
             )
         return self._client_key
 
@@ -546,7 +575,10 @@ class VastAIService(AsyncComputeProvider):
             timings=self.timings,
         )
         return Rental(
-            info=info, owner=owner, client_key=client_key, key_path=self.config.ssh_key_path
+            info=info,
+            owner=owner,
+            client_key=client_key,
+            key_path=self.config.ssh_identity()[0],
         )
 
     # -- lifecycle of existing instances --------------------------------------------------
@@ -564,14 +596,11 @@ class VastAIService(AsyncComputeProvider):
             TeardownError: not confirmed gone within the teardown budget, or the key was refused
                 (custody keeps trying until the service closes).
         """
-        if isinstance(instance_id, bool) or not isinstance(instance_id, int) or instance_id < 1:
-            raise InvalidRequestError(
-                f"instance_id must be a positive integer, got {instance_id!r}"
-            )
+        instance_id = validate_instance_id(instance_id)
         results = await self._custody.destroy(
             [instance_id], budget_s=self.timings.teardown_budget_s, reason="terminate"
         )
-        self.known_hosts.remove(instance_id)
+        await self.known_hosts.aremove(instance_id)
         return results.get(instance_id, True)
 
     async def get_rental(self, instance_id: int) -> Rental:
@@ -581,11 +610,12 @@ class VastAIService(AsyncComputeProvider):
             NotFoundError: no such instance, or it is not labelled as ours.
             SSHError: no host key was pinned for it in this state directory (use :meth:`adopt`).
         """
+        instance_id = validate_instance_id(instance_id)
         inst = await self.client.show_instance(instance_id)
         parsed = parse_label(inst.label)
         if parsed is None:
             raise NotFoundError(f"instance {instance_id} does not carry a vastai-async label")
-        pin = self.known_hosts.get(instance_id)
+        pin = await self.known_hosts.aget(instance_id)
         if pin is None:
             raise SSHError(
                 "no host key pinned for this instance in this state directory; use adopt()",
@@ -618,6 +648,7 @@ class VastAIService(AsyncComputeProvider):
             NotFoundError: no such instance, or not labelled as ours.
             SSHError: no login within the service's SSH deadline.
         """
+        instance_id = validate_instance_id(instance_id)
         inst = await self.client.show_instance(instance_id)
         parsed = parse_label(inst.label)
         if parsed is None:
@@ -625,7 +656,7 @@ class VastAIService(AsyncComputeProvider):
         label = race_label(self.owner, parsed.job_id, new_race_id())
         await self.client.set_label(instance_id, label)
         client_key = self._key()
-        pin = self.known_hosts.get(instance_id)
+        pin = await self.known_hosts.aget(instance_id)
         probe_once = self._make_probe(client_key, self.timings)
         deadline = time.monotonic() + self.timings.ssh_s
         last = "no SSH endpoint"
@@ -637,7 +668,7 @@ class VastAIService(AsyncComputeProvider):
                         raise SSHError(
                             "host key differs from the pinned one", instance_id=instance_id
                         )
-                    self.known_hosts.pin(
+                    await self.known_hosts.apin(
                         instance_id, endpoint.host, endpoint.port, outcome.host_key
                     )
                     info = RentalInfo(
@@ -732,7 +763,7 @@ class VastAIService(AsyncComputeProvider):
             ids = [instance_id for instance_id, _ in report.destroyed]
             await self._custody.destroy(ids, budget_s=self.timings.teardown_budget_s, reason="reap")
             for instance_id in ids:
-                self.known_hosts.remove(instance_id)
+                await self.known_hosts.aremove(instance_id)
         return report
 
 

@@ -1,7 +1,11 @@
 """pytest plugin (entry point ``vastai_async``): a local Vast.ai for your own tests.
 
-Installed with the package; pytest loads it automatically. Fixtures (function scope, working in
-pytest-asyncio's strict and auto modes):
+Installed with the package; pytest loads it automatically, in every project of that environment,
+so loading it does nothing but register a marker and the fixture names. The async fixtures need
+pytest-asyncio: install the ``testing`` extra (``pip install 'vastai-async[testing]'``). Without
+it pytest runs as before, and a test that asks for a sandbox fixture fails with that hint.
+
+Fixtures (function scope, working in pytest-asyncio's strict and auto modes):
 
 - ``vastai_sandbox``: a started :class:`~vastai_async.sandbox.Sandbox` (real HTTP and SSH on
   127.0.0.1). Tune it per test with ``@pytest.mark.vastai_sandbox(offers=20, time_scale=0.02,
@@ -27,7 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import pytest_asyncio
+
+try:
+    import pytest_asyncio
+except ImportError:  # the plugin loads in every project: never break pytest for them
+    pytest_asyncio = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from vastai_async.config import VastAIConfig
@@ -35,6 +43,12 @@ if TYPE_CHECKING:
     from vastai_async.service import VastAIService
 
 __all__ = ["vastai_config", "vastai_sandbox", "vastai_service", "vastai_ssh_key"]
+
+#: What a test asking for an async fixture is told when pytest-asyncio is missing.
+MISSING_ASYNCIO_HINT = (
+    "the vastai_async fixtures vastai_sandbox, vastai_config and vastai_service need "
+    "pytest-asyncio: pip install 'vastai-async[testing]' (or pytest-asyncio>=1.0)"
+)
 
 #: Defaults of the ``vastai_sandbox`` fixture; the marker's keyword arguments override them.
 SANDBOX_DEFAULTS: dict[str, Any] = {"seed": 0, "offers": 30, "time_scale": 0.02}
@@ -58,17 +72,39 @@ def vastai_ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def vastai_sandbox(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
-    """A started sandbox; options from ``@pytest.mark.vastai_sandbox(...)``."""
-    from vastai_async.sandbox import Sandbox
+if pytest_asyncio is not None:
 
-    options = dict(SANDBOX_DEFAULTS)
-    marker = request.node.get_closest_marker("vastai_sandbox")
-    if marker is not None:
-        options.update(marker.kwargs)
-    async with Sandbox(**options) as sandbox:
-        yield sandbox
+    @pytest_asyncio.fixture(loop_scope="function")
+    async def vastai_sandbox(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
+        """A started sandbox; options from ``@pytest.mark.vastai_sandbox(...)``."""
+        from vastai_async.sandbox import Sandbox
+
+        options = dict(SANDBOX_DEFAULTS)
+        marker = request.node.get_closest_marker("vastai_sandbox")
+        if marker is not None:
+            options.update(marker.kwargs)
+        async with Sandbox(**options) as sandbox:
+            yield sandbox
+
+    @pytest_asyncio.fixture(loop_scope="function")
+    async def vastai_service(vastai_config: VastAIConfig) -> AsyncIterator[VastAIService]:
+        """An entered service on ``vastai_config``; closed after the test."""
+        from vastai_async.service import VastAIService
+
+        async with VastAIService(config=vastai_config) as service:
+            yield service
+
+else:
+
+    @pytest.fixture(name="vastai_sandbox")
+    def _sandbox_needs_pytest_asyncio() -> Sandbox:
+        """Stands in for the async fixture: fails the asking test with the install hint."""
+        pytest.fail(MISSING_ASYNCIO_HINT, pytrace=False)
+
+    @pytest.fixture(name="vastai_service")
+    def _service_needs_pytest_asyncio() -> VastAIService:
+        """Stands in for the async fixture: fails the asking test with the install hint."""
+        pytest.fail(MISSING_ASYNCIO_HINT, pytrace=False)
 
 
 @pytest.fixture
@@ -90,12 +126,3 @@ def vastai_config(
         preferred_gpus=(),
     )
     return config.scaled(vastai_sandbox.time_scale)
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def vastai_service(vastai_config: VastAIConfig) -> AsyncIterator[VastAIService]:
-    """An entered service on ``vastai_config``; closed after the test."""
-    from vastai_async.service import VastAIService
-
-    async with VastAIService(config=vastai_config) as service:
-        yield service

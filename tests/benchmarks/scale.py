@@ -29,12 +29,12 @@ from typing import Any
 import aiohttp
 
 from tests.benchmarks.scenario import percentile
-from vastai_async._sandbox_link import read_sandbox_record, sandbox_config
 from vastai_async.errors import TeardownError, VastAIError
 from vastai_async.events import Event, WinnerChosen
 from vastai_async.models import Offer
 from vastai_async.pacing import route_key
 from vastai_async.rental import Rental
+from vastai_async.sandbox_link import read_sandbox_record, sandbox_config
 from vastai_async.service import VastAIService
 
 __all__ = ["run_scale"]

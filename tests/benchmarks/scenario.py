@@ -17,11 +17,11 @@ from typing import Any
 
 import attrs
 
-from vastai_async._sandbox_link import sandbox_config
 from vastai_async.client import VastAIClient
 from vastai_async.config import VastAIConfig
 from vastai_async.models import Offer
 from vastai_async.sandbox import LifecycleFault, Sandbox, SSHFaults
+from vastai_async.sandbox_link import sandbox_config
 
 __all__ = ["FAULT_KINDS", "Scenario", "ScenarioSpec", "open_scenario", "percentile"]
 

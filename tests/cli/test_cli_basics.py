@@ -65,7 +65,7 @@ def test_group_help_lists_every_command_and_shows_examples(ran: dict[str, CLIRes
         assert f"\n  {name} " in result.out, name
     assert "Examples:" in result.out
     assert "vastai-async demo" in result.out
-    assert ".env.local.vastai.example" in result.out
+    assert "vastai-async config" in result.out
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -87,7 +87,7 @@ def test_a_bad_flag_is_a_usage_error_with_exit_2(ran: dict[str, CLIResult]) -> N
     assert "Traceback" not in result.err
 
 
-def test_a_missing_key_is_one_line_naming_the_variable_and_the_example_file(
+def test_a_missing_key_is_one_line_naming_the_variable_the_sandbox_and_the_docs(
     ran: dict[str, CLIResult],
 ) -> None:
     result = ran["missing_key"]
@@ -96,7 +96,10 @@ def test_a_missing_key_is_one_line_naming_the_variable_and_the_example_file(
     (line,) = lines(result.err)
     assert line.startswith("error: ")
     assert "VASTAI_API_KEY" in line
-    assert ".env.local.vastai.example" in line
+    assert "--sandbox" in line
+    assert "README" in line
+    # search never uses the SSH key: it must not be named as missing.
+    assert "VASTAI_SSH_KEY_PATH: missing" not in line
 
 
 def test_debug_shows_the_traceback(ran: dict[str, CLIResult]) -> None:

@@ -67,6 +67,9 @@ def test_demo_json_reports_the_same_story(demos: dict[str, CLIResult]) -> None:
     total = sum(row["total_usd"] for row in report["bill"]["instances"])
     assert abs(report["bill"]["total_usd"] - total) < 1e-12
     assert report["bill"]["losers_usd"] < report["bill"]["total_usd"]
+    # One price: the winner's $/h (from the search) is the $/h its bill line charged.
+    (winner_row,) = [r for r in report["bill"]["instances"] if r["role"] == "winner"]
+    assert winner_row["dph_total"] == pytest.approx(report["winner"]["dph_total"], abs=1e-6)
 
 
 def test_demo_leaves_no_throwaway_key_behind(demos: dict[str, CLIResult]) -> None:

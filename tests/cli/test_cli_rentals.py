@@ -15,9 +15,9 @@ import pytest
 import pytest_asyncio
 
 from tests.cli._runner import lines, vast_cli
-from vastai_async._sandbox_link import sandbox_config
 from vastai_async.query import OfferQuery
 from vastai_async.sandbox import Sandbox
+from vastai_async.sandbox_link import sandbox_config
 from vastai_async.service import VastAIService
 
 
@@ -72,7 +72,7 @@ async def test_search_prints_a_cheapest_first_table_and_json_for_the_official_qu
         vast_cli("search", "--json", "--query", text, "--limit", "50", sandbox=vastai_sandbox),
     )
     assert table.code == 0, table.err
-    assert "4 offers" in table.out
+    assert "the 4 cheapest offers (--limit 4 reached; there may be more)" in table.out
     assert "$/h" in table.out
     cheapest = await same_state_service.search_offers(limit=4)
     positions = [table.out.index(str(offer.id)) for offer in cheapest]
@@ -93,7 +93,7 @@ async def test_provision_prints_winner_losers_cost_plain_progress_and_json(
     vastai_sandbox: Sandbox,
 ) -> None:
     """Not a terminal: plain progress lines, no escape codes; losers destroyed; --no-keep too."""
-    result, as_json = await asyncio.gather(
+    result, as_json, not_kept = await asyncio.gather(
         vast_cli("provision", "--job-id", "cli-1", "--fan-out", "3", sandbox=vastai_sandbox),
         vast_cli(
             "provision",
@@ -105,12 +105,20 @@ async def test_provision_prints_winner_losers_cost_plain_progress_and_json(
             "--json",
             sandbox=vastai_sandbox,
         ),
+        vast_cli(
+            "provision", "--job-id", "cli-3", "--fan-out", "1", "--no-keep", sandbox=vastai_sandbox
+        ),
     )
+    # --no-keep: the winner is destroyed, so no ssh line is offered for it.
+    assert not_kept.code == 0, not_kept.err
+    assert "ssh " not in not_kept.out
+    assert lines(not_kept.out)[-1].startswith("destroyed instance ")
     assert result.code == 0, result.err
     out = lines(result.out)
     assert out[0].startswith("winner: instance ")
     winner = int(out[0].split()[2])
-    assert "losers cost about $" in out[1]
+    assert "the other candidates cost " in out[1]
+    assert "$0.0000" not in out[1]
     assert out[2].startswith("kept running: ssh ")
     assert "\x1b[" not in result.err
     assert sum("created instance" in line for line in lines(result.err)) == 3
@@ -157,14 +165,29 @@ async def test_rent_keeps_the_label_readable_and_ssh_run_logs_show_destroy_work(
         vast_cli("run", str(instance_id), "nvidia-smi -L", sandbox=vastai_sandbox),
         vast_cli("logs", str(instance_id), sandbox=vastai_sandbox),
     )
+    # A command given as words, after -- or not, reaches the machine whole.
+    run_words, run_dashes = await asyncio.gather(
+        vast_cli("run", str(instance_id), "nvidia-smi", "-L", sandbox=vastai_sandbox),
+        vast_cli("run", str(instance_id), "--", "nvidia-smi", "-L", sandbox=vastai_sandbox),
+    )
+    assert run_words.code == 0, run_words.err
+    assert run_dashes.code == 0, run_dashes.err
+    assert run_words.out == run_dashes.out == run.out
+    # One price: what rent showed is what list shows the instance billing.
+    (price_line,) = [line for line in lines(rent.out) if line.startswith("price: ")]
+    price = price_line.split()[1]
+    assert "1 instance" in table.out
+    assert "1 instances" not in table.out
     assert table.code == 0, table.err
     (row,) = [line for line in lines(table.out) if str(instance_id) in line]
     assert "(kept)" in row
     assert "vastai-async:kept:rent:my box" in row
+    assert f" {price} " in row
 
     assert show.code == 0, show.err
     assert f"id             {instance_id}" in show.out
     assert "actual_status  running" in show.out
+    assert "(" not in show.out.split("ports", 1)[1].splitlines()[0]  # no Python tuple
 
     assert ssh.code == 0, ssh.err
     (line,) = lines(ssh.out)
@@ -178,9 +201,17 @@ async def test_rent_keeps_the_label_readable_and_ssh_run_logs_show_destroy_work(
     assert logs.code == 0, logs.err
     assert f"created from offer {offer.id}" in logs.out
 
+    missing = await vast_cli("show", "999999", sandbox=vastai_sandbox)
+    assert missing.code == 1
+    assert lines(missing.err) == [
+        "error: instance 999999 not found: never existed or already destroyed"
+    ]
     destroy = await vast_cli("destroy", str(instance_id), "999999", sandbox=vastai_sandbox)
     assert destroy.code == 0, destroy.err
-    assert lines(destroy.out) == [f"{instance_id}: destroyed", "999999: already gone"]
+    assert lines(destroy.out) == [
+        f"{instance_id}: destroyed",
+        "999999: not found: never existed or already destroyed",
+    ]
     assert vastai_sandbox.alive_instance_ids() == set()
 
 
@@ -220,7 +251,18 @@ async def test_reap_refuses_without_yes_then_destroys_orphans_and_spares_kept(
 
     refused = await vast_cli("reap", "--job-id", "batch", sandbox=vastai_sandbox)
     assert refused.code == 1
-    assert lines(refused.err) == ["error: reap needs --yes when there is no terminal to ask"]
+    assert lines(refused.err) == [
+        f"would destroy {orphan.instance_id}: job batch",
+        "error: nothing destroyed: reap needs --yes when there is no terminal to ask",
+    ]
+    assert vastai_sandbox.alive_instance_ids() == both
+
+    planned = await vast_cli("reap", "--job-id", "batch", "--dry-run", sandbox=vastai_sandbox)
+    assert planned.code == 0, planned.err
+    assert lines(planned.out) == [
+        f"would destroy {orphan.instance_id}: job batch",
+        f"spared {kept.instance_id}: kept on purpose",
+    ]
     assert vastai_sandbox.alive_instance_ids() == both
 
     reaped = await vast_cli("reap", "--job-id", "batch", "--yes", sandbox=vastai_sandbox)
@@ -233,9 +275,10 @@ async def test_reap_refuses_without_yes_then_destroys_orphans_and_spares_kept(
     await kept.terminate()
 
 
-async def test_sandbox_flag_uses_the_sandbox_recorded_in_the_state_directory(
+async def test_sandbox_flag_reads_a_record_of_the_earlier_single_file_layout(
     vastai_sandbox: Sandbox,
 ) -> None:
+    """``sandbox.json`` (before one record per sandbox) is still read."""
     record = Path(os.environ["VASTAI_STATE_DIR"]) / "sandbox.json"
     record.write_text(
         json.dumps(

@@ -23,7 +23,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from vastai_async import VastAIService
-    from vastai_async._sandbox_link import sandbox_config
+    from vastai_async.sandbox_link import sandbox_config
 
     async def main():
         url, key, scale = sys.argv[1], sys.argv[2], float(sys.argv[3])

@@ -40,7 +40,7 @@ async def test_standalone_sandbox_serves_records_and_stops_on_signal(
         sys.executable, "-c", LAUNCH, "--offers", "5", "--seed", "3", "--api-key", "standalone",
         "--no-ssh", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    record_path = state / "sandbox.json"
+    record_path = state / "sandboxes" / "default.json"
     try:
         record = await wait_for_record(record_path, proc)
         assert stat.S_IMODE(record_path.stat().st_mode) == 0o600

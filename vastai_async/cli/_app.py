@@ -37,29 +37,40 @@ class CLIState:
         sandbox_url: str | None = None,
         sandbox_key: str | None = None,
         sandbox_time_scale: float = 1.0,
+        sandbox_name: str | None = None,
     ) -> None:
         self.debug = debug
         self.sandbox_url = sandbox_url
         self.sandbox_key = sandbox_key
         self.sandbox_time_scale = sandbox_time_scale
+        self.sandbox_name = sandbox_name
+        #: The API root the command talks to, once known (named in connection errors).
+        self.api_root: str | None = None
         #: Instance ids a running command may still own; named if the user forces an exit.
         self.live_instance_ids: Callable[[], list[int]] = list
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="vastai-async")
-@click.option("--debug", is_flag=True, help="Show tracebacks and DEBUG logs.")
+@click.option("--debug", is_flag=True, help="Show tracebacks, wire details and DEBUG logs.")
 @click.option(
     "--sandbox",
     "use_sandbox",
     is_flag=True,
     help="Talk to the sandbox `vastai-async sandbox` recorded in the state directory.",
 )
+@click.option(
+    "--sandbox-name", default=None, help="Talk to the recorded sandbox started with --name NAME."
+)
 @click.option("--sandbox-url", default=None, help="Talk to the sandbox at this URL instead.")
-@click.option("--sandbox-key", default=None, help="API key of the sandbox at --sandbox-url.")
+@click.option(
+    "--sandbox-key",
+    default=None,
+    help="API key of the sandbox at --sandbox-url (default: from its record).",
+)
 @click.option(
     "--sandbox-time-scale",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=1.0,
     show_default=True,
     help="time_scale of the sandbox at --sandbox-url.",
@@ -69,14 +80,17 @@ def cli(
     ctx: click.Context,
     debug: bool,
     use_sandbox: bool,
+    sandbox_name: str | None,
     sandbox_url: str | None,
     sandbox_key: str | None,
     sandbox_time_scale: float,
 ) -> None:
     """Rent Vast.ai GPU machines from the command line.
 
-    Configuration comes from VASTAI_* variables or .env.local.vastai (see
-    .env.local.vastai.example). With --sandbox no account is needed. Exit codes: 0 success,
+    Configuration comes from VASTAI_* variables or ./.env.local.vastai (README,
+    "Configuration"); `vastai-async config` shows what is set and missing. With --sandbox no
+    account is needed. Read-only commands (search, list, show, logs, destroy, reap) need only
+    the API key. Exit codes: 0 success,
     1 failure (one line on stderr; --debug for the traceback), 2 usage, 130 interrupted.
     Ctrl-C or SIGTERM destroys what the running command created.
 
@@ -92,11 +106,13 @@ def cli(
       vastai-async run 4242 'nvidia-smi -L'
       vastai-async reap --job-id train-1 --yes
     """
+    recorded = use_sandbox or sandbox_name is not None
     ctx.obj = CLIState(
         debug=debug,
-        sandbox_url=sandbox_url if sandbox_url else ("recorded" if use_sandbox else None),
+        sandbox_url=sandbox_url if sandbox_url else ("recorded" if recorded else None),
         sandbox_key=sandbox_key,
         sandbox_time_scale=sandbox_time_scale,
+        sandbox_name=sandbox_name,
     )
     if debug:
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")
@@ -134,12 +150,14 @@ def run_command(ctx: click.Context, make: Callable[[], Coroutine[Any, Any, T]]) 
     except ConfigError as err:
         if state.debug:
             traceback.print_exc()
+        from vastai_async.cli._setup import CONFIG_HINT
+
         named = any(name.startswith("VASTAI_") for name, _ in err.problems)
-        fail(f"{err} (see .env.local.vastai.example)" if named else str(err))
+        fail(f"{err}; {CONFIG_HINT}" if named else str(err))
     except VastAIError as err:
         if state.debug:
             traceback.print_exc()
-        fail(str(err).splitlines()[0] if not state.debug else str(err))
+        fail(str(err) if state.debug else describe_error(err, state))
     except (click.ClickException, click.Abort):
         raise  # click prints these itself (usage errors exit 2)
     except Exception as err:
@@ -150,6 +168,31 @@ def run_command(ctx: click.Context, make: Callable[[], Coroutine[Any, Any, T]]) 
         hint = "" if state.debug else " (run with --debug for the traceback)"
         fail(f"{type(err).__name__}: {text}{hint}" if text else f"{type(err).__name__}{hint}")
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def describe_error(err: VastAIError, state: CLIState) -> str:
+    """One line in words for people; the wire details (status, error code) need ``--debug``."""
+    from vastai_async.errors import APIConnectionError, APIError, NotFoundError
+
+    if isinstance(err, APIConnectionError):
+        what, _, cause = err.message.partition(": ")
+        text = what + (f" to {state.api_root}" if state.api_root else "")
+        text += f" ({cause})" if cause else ""
+        if state.sandbox_url is not None:
+            text += "; is the sandbox still running? (`vastai-async sandbox`)"
+        return text
+    if isinstance(err, NotFoundError) and err.instance_id is not None:
+        return f"instance {err.instance_id} not found: never existed or already destroyed"
+    if isinstance(err, APIError):
+        subject = (
+            f" (instance {err.instance_id})"
+            if err.instance_id is not None
+            else f" (offer {err.offer_id})"
+            if err.offer_id is not None
+            else ""
+        )
+        return f"{err.msg or err.message}{subject} (--debug for details)"
+    return str(err).splitlines()[0]
 
 
 async def _run_with_signals(state: CLIState, make: Callable[[], Coroutine[Any, Any, T]]) -> T:

@@ -8,6 +8,8 @@ table for people or JSON (``--json``) for scripts.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,7 @@ import click
 from vastai_async.cli._app import CLIState, cli, fail, run_command
 from vastai_async.cli._output import print_json, print_table
 from vastai_async.cli._progress import ProgressPrinter
-from vastai_async.cli._setup import make_service
+from vastai_async.cli._setup import CONFIG_HINT, config_for, make_service
 from vastai_async.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -26,6 +28,29 @@ if TYPE_CHECKING:
     from vastai_async.service import VastAIService
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+#: Value types whose bad values are usage errors (exit 2, click's format), not failures.
+POSITIVE = click.FloatRange(min=0, min_open=True)
+NON_NEGATIVE = click.FloatRange(min=0)
+_PORT_RE = re.compile(r"[0-9]{1,5}(/(tcp|udp))?")
+
+
+def _check_ports(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    for port in value:
+        match = _PORT_RE.fullmatch(port)
+        if match is None or not 1 <= int(port.split("/")[0]) <= 65535:
+            raise click.BadParameter(f"expected PORT or PORT/udp (1-65535), got {port!r}")
+    return value
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _money(usd: float) -> str:
+    return "$0" if usd == 0 else "less than $0.01" if usd < 0.01 else f"${usd:.2f}"
 
 
 def _state(ctx: click.Context) -> CLIState:
@@ -48,38 +73,55 @@ def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
 @json_option
 @click.pass_context
 def config_cmd(ctx: click.Context, as_json: bool) -> None:
-    """Show the resolved configuration (secrets hidden)."""
+    """Show the resolved configuration (secrets hidden) and every setting that is missing.
 
-    async def show() -> None:
-        async with make_service(ctx) as vast:
-            config = vast.config
-            fields = {
-                "api_base_url": config.api_base_url,
-                "api_key": "<set>",
-                "ssh_key_path": str(config.ssh_key_path),
-                "preferred_gpus": list(config.preferred_gpus),
-                "template_ids": list(config.template_ids),
-                "max_bid_usd_per_hour": config.max_bid_usd_per_hour,
-                "min_vram_gb": config.min_vram_gb,
-                "default_disk_gb": config.default_disk_gb,
-                "default_image": config.default_image,
-                "owner": config.owner,
-                "state_dir": str(config.state_dir),
-            }
-        if as_json:
-            print_json(fields)
-        else:
-            for key, value in fields.items():
-                click.echo(f"{key:22} {value}")
+    Exits 1 when a setting is invalid or missing (the API key; the SSH key is needed only to
+    rent and log in).
+    """
+    from vastai_async.errors import ConfigError
 
-    run_command(ctx, show)
+    problems: list[tuple[str, str]] = []
+    fields: dict[str, Any] = {}
+    try:
+        config = config_for(ctx, read_only=True)
+    except ConfigError as err:
+        problems = list(err.problems)
+    else:
+        fields = {
+            "api_base_url": config.api_base_url,
+            "api_key": "<set>",
+            "ssh_key_path": str(config.ssh_key_path) if config.ssh_key_path else None,
+            "preferred_gpus": list(config.preferred_gpus),
+            "template_ids": list(config.template_ids),
+            "max_bid_usd_per_hour": config.max_bid_usd_per_hour,
+            "min_vram_gb": config.min_vram_gb,
+            "default_disk_gb": config.default_disk_gb,
+            "default_image": config.default_image,
+            "owner": config.owner,
+            "state_dir": str(config.state_dir),
+        }
+        if config.ssh_key_path is None:
+            problems.append(("VASTAI_SSH_KEY_PATH", "missing (needed to rent and log in)"))
+    if as_json:
+        print_json({**fields, "problems": [{"name": n, "reason": r} for n, r in problems]})
+    else:
+        for key, value in fields.items():
+            click.echo(f"{key:22} {'-' if value is None else value}")
+        for name, reason in problems:
+            click.echo(
+                f"{'missing' if 'missing' in reason else 'invalid'}: {name}: {reason}", err=True
+            )
+        if problems:
+            click.echo(CONFIG_HINT, err=True)
+    if any(name != "VASTAI_SSH_KEY_PATH" for name, _ in problems):
+        sys.exit(1)
 
 
 @cli.command("search")
 @click.option("--gpu", "gpus", multiple=True, help="GPU name, short or full (repeatable).")
-@click.option("--min-vram-gb", type=float, help="Minimum VRAM per GPU in GB.")
-@click.option("--max-usd-per-hour", type=float, help="Price ceiling (never above the config's).")
-@click.option("--num-gpus", type=int, help="Exact number of GPUs.")
+@click.option("--min-vram-gb", type=NON_NEGATIVE, help="Minimum VRAM per GPU in GB.")
+@click.option("--max-usd-per-hour", type=POSITIVE, help="Price ceiling (never above the config's).")
+@click.option("--num-gpus", type=click.IntRange(min=1), help="Exact number of GPUs.")
 @click.option(
     "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most N offers."
 )
@@ -110,7 +152,7 @@ def search_cmd(
     from vastai_async.query import OfferQuery
 
     async def search() -> None:
-        async with make_service(ctx) as vast:
+        async with make_service(ctx, read_only=True) as vast:
             query = OfferQuery.from_config(vast.config)
             if num_gpus is not None:
                 query = attrs.evolve(query, num_gpus=num_gpus)
@@ -141,7 +183,11 @@ def search_cmd(
                 ]
                 for o in offers
             ],
-            title=f"{len(offers)} offers",
+            title=(
+                f"the {limit} cheapest offers (--limit {limit} reached; there may be more)"
+                if len(offers) >= limit
+                else _plural(len(offers), "offer")
+            ),
         )
 
     run_command(ctx, search)
@@ -169,7 +215,7 @@ def list_cmd(
     """
 
     async def run() -> None:
-        async with make_service(ctx) as vast:
+        async with make_service(ctx, read_only=True) as vast:
             rentals = await vast.list_rentals(job_id=job_id, owner=owner, all_owners=not mine)
         if as_json:
             print_json([attrs.asdict(r) for r in rentals])
@@ -187,7 +233,7 @@ def list_cmd(
                 ]
                 for r in rentals
             ],
-            title=f"{len(rentals)} instances",
+            title=_plural(len(rentals), "instance"),
         )
 
     run_command(ctx, run)
@@ -201,7 +247,7 @@ def show_cmd(ctx: click.Context, instance_id: int, as_json: bool) -> None:
     """Show one instance."""
 
     async def run() -> None:
-        async with make_service(ctx) as vast:
+        async with make_service(ctx, read_only=True) as vast:
             inst = await vast.client.show_instance(instance_id)
         data = attrs.asdict(inst)
         if as_json:
@@ -221,9 +267,19 @@ def show_cmd(ctx: click.Context, instance_id: int, as_json: bool) -> None:
             "ports",
             "start_date",
         ):
-            click.echo(f"{key:14} {data.get(key)}")
+            click.echo(f"{key:14} {_show_value(data.get(key))}")
 
     run_command(ctx, run)
+
+
+def _show_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(_show_value(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_show_value(v)}" for k, v in value.items()) or "-"
+    return str(value)
 
 
 @cli.command("destroy")
@@ -240,10 +296,13 @@ def destroy_cmd(ctx: click.Context, instance_ids: tuple[int, ...], as_json: bool
 
     async def run() -> None:
         results: dict[int, str] = {}
-        async with make_service(ctx) as vast:
+        async with make_service(ctx, read_only=True) as vast:
             for instance_id in instance_ids:
                 destroyed = await vast.terminate_instance(instance_id)
-                results[instance_id] = "destroyed" if destroyed else "already gone"
+                # Vast answers the same for an id that never existed and one already destroyed.
+                results[instance_id] = (
+                    "destroyed" if destroyed else "not found: never existed or already destroyed"
+                )
         if as_json:
             print_json({str(k): v for k, v in results.items()})
         else:
@@ -260,6 +319,7 @@ def destroy_cmd(ctx: click.Context, instance_ids: tuple[int, ...], as_json: bool
     "--older-than", "older_than_s", type=float, help="Destroy instances older than S seconds."
 )
 @click.option("--yes", is_flag=True, help="Do not ask.")
+@click.option("--dry-run", is_flag=True, help="Show what would be destroyed; destroy nothing.")
 @json_option
 @click.pass_context
 def reap_cmd(
@@ -268,6 +328,7 @@ def reap_cmd(
     owner: str | None,
     older_than_s: float | None,
     yes: bool,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Destroy orphaned instances: named job/owner, dead owners, or too old.
@@ -280,19 +341,24 @@ def reap_cmd(
       vastai-async reap                      # dead owners' instances, after asking
       vastai-async reap --job-id train-1 --yes
       vastai-async reap --older-than 86400 --yes --json
+      vastai-async reap --dry-run            # the plan only
     """
     interactive = sys.stdin.isatty()
-    if not yes and not interactive:
-        fail("reap needs --yes when there is no terminal to ask")
+    if older_than_s is not None and older_than_s < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--older-than")
 
     async def run() -> None:
-        async with make_service(ctx) as vast:
+        async with make_service(ctx, read_only=True) as vast:
             plan = await vast.reap(
                 job_id=job_id, owner=owner, older_than_s=older_than_s, dry_run=True
             )
-            if not plan.destroyed:
+            if not plan.destroyed or dry_run:
                 report = plan
             else:
+                if not yes and not interactive:
+                    for instance_id, reason in plan.destroyed:
+                        click.echo(f"would destroy {instance_id}: {reason}", err=True)
+                    fail("nothing destroyed: reap needs --yes when there is no terminal to ask")
                 if not yes:
                     # The plan and the question go to stderr: stdout stays the result (--json).
                     for instance_id, reason in plan.destroyed:
@@ -306,13 +372,15 @@ def reap_cmd(
         if as_json:
             print_json(
                 {
+                    "dry_run": dry_run,
                     "destroyed": [{"instance_id": i, "reason": r} for i, r in report.destroyed],
                     "spared": [{"instance_id": i, "reason": r} for i, r in report.spared],
                 }
             )
             return
+        verb = "would destroy" if dry_run else "destroyed"
         for instance_id, reason in report.destroyed:
-            click.echo(f"destroyed {instance_id}: {reason}")
+            click.echo(f"{verb} {instance_id}: {reason}")
         for instance_id, reason in report.spared:
             click.echo(f"spared {instance_id}: {reason}")
         if not report.destroyed:
@@ -327,11 +395,17 @@ def _provision_options(func: Any) -> Any:
             click.option("--image", help="Docker image (default: the config's)."),
             click.option("--env", "env_pairs", multiple=True, help="KEY=VALUE (repeatable)."),
             click.option(
-                "--port", "ports", multiple=True, help="PORT[/udp] to expose (repeatable)."
+                "--port",
+                "ports",
+                multiple=True,
+                callback=_check_ports,
+                help="PORT[/udp] to expose (repeatable).",
             ),
             click.option("--onstart", help="Command run when the container starts."),
-            click.option("--disk", "disk_gb", type=float, help="Disk in GB."),
-            click.option("--timeout", "timeout_s", type=float, help="Overall deadline in seconds."),
+            click.option("--disk", "disk_gb", type=POSITIVE, help="Disk in GB."),
+            click.option(
+                "--timeout", "timeout_s", type=POSITIVE, help="Overall deadline in seconds."
+            ),
         ]
     ):
         func = option(func)
@@ -347,8 +421,8 @@ def _provision_options(func: Any) -> Any:
     show_default=True,
     help="Candidates rented at once.",
 )
-@click.option("--max-usd-per-hour", type=float, help="Price ceiling for candidates.")
-@click.option("--min-vram-gb", type=float, help="Minimum VRAM per GPU in GB.")
+@click.option("--max-usd-per-hour", type=POSITIVE, help="Price ceiling for candidates.")
+@click.option("--min-vram-gb", type=NON_NEGATIVE, help="Minimum VRAM per GPU in GB.")
 @click.option("--gpu", "gpus", multiple=True, help="GPU name, short or full (repeatable).")
 @_provision_options
 @click.option("--keep/--no-keep", default=True, show_default=True, help="Keep the winner running.")
@@ -505,8 +579,14 @@ def _print_winner(rental: Any, progress: ProgressPrinter, *, kept: bool, as_json
     click.echo(
         f"winner: instance {info.instance_id} ({info.ssh.kind} {info.ssh.host}:{info.ssh.port})"
     )
-    click.echo(f"price: {_fmt(info.dph_total, '.3f')} $/h; losers cost about ${losers_usd:.4f}")
-    click.echo(("kept running: " if kept else "terminated: ") + rental.ssh_command())
+    click.echo(
+        f"price: {_fmt(info.dph_total, '.3f')} $/h (GPU and its disk, as billed); "
+        f"the other candidates cost {_money(losers_usd)}"
+    )
+    if kept:
+        click.echo("kept running: " + rental.ssh_command())
+    else:
+        click.echo(f"destroyed instance {info.instance_id} (--no-keep)")
 
 
 @cli.command("ssh")
@@ -529,31 +609,32 @@ def ssh_cmd(ctx: click.Context, instance_id: int, do_exec: bool) -> None:
 
     line = run_command(ctx, run)
     if do_exec:
-        import shlex
-
         argv = shlex.split(line)
         os.execvp(argv[0], argv)  # noqa: S606  (the user asked to run ssh)
     click.echo(line)
 
 
-@cli.command("run")
+@cli.command("run", context_settings={"ignore_unknown_options": True})
 @click.argument("instance_id", type=int)
-@click.argument("command")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
-def run_cmd(ctx: click.Context, instance_id: int, command: str) -> None:
+def run_cmd(ctx: click.Context, instance_id: int, command: tuple[str, ...]) -> None:
     """Run a command on a rental over SSH (pinned host key) and print its output.
 
-    Exits with the remote command's exit status.
+    One argument is a shell line; several (after ``--``) are quoted word by word. Exits with
+    the remote command's exit status.
 
     \b
-    Example:
+    Examples:
       vastai-async run 4242 'nvidia-smi -L'
+      vastai-async run 4242 -- nvidia-smi -L
     """
+    line = command[0] if len(command) == 1 else shlex.join(command)
 
     async def run() -> int:
         async with make_service(ctx) as vast:
             rental = await vast.get_rental(instance_id)
-            result = await rental.run(command)
+            result = await rental.run(line)
         click.echo(result.stdout, nl=False)
         click.echo(result.stderr, nl=False, err=True)
         return result.exit_status if result.exit_status is not None else 1
@@ -572,7 +653,7 @@ def logs_cmd(ctx: click.Context, instance_id: int, tail: int) -> None:
     """Print an instance's container logs."""
 
     async def run() -> None:
-        async with make_service(ctx) as vast:
+        async with make_service(ctx, read_only=True) as vast:
             text = await vast.client.request_logs(instance_id, tail=tail)
         click.echo(text, nl=not text.endswith("\n"))
 

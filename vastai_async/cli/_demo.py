@@ -110,8 +110,8 @@ async def _demo(
     fan_out: int,
     as_json: bool,
 ) -> dict[str, Any]:
-    from vastai_async._sandbox_link import sandbox_config, sandbox_key_path
     from vastai_async.sandbox import Sandbox
+    from vastai_async.sandbox_link import sandbox_config, sandbox_key_path
     from vastai_async.service import VastAIService
 
     started = time.monotonic()
@@ -207,6 +207,8 @@ def _bill(sandbox: Any, winner_id: int, *, as_json: bool) -> dict[str, Any]:
             "lifetime_s": round(e["lifetime_s"], 1),
             "running_s": round(e["running_s"], 1),
             "gpu_dph": e["gpu_dph"],
+            # The one price: GPU plus the rental's disk, as search, provision and list show it.
+            "dph_total": round(e["gpu_dph"] + e["storage_dph"], 6),
             "total_usd": e["total_usd"],
         }
         for e in entries
@@ -224,7 +226,7 @@ def _bill(sandbox: Any, winner_id: int, *, as_json: bool) -> dict[str, Any]:
                     r["role"],
                     f"{r['lifetime_s']:.1f}",
                     f"{r['running_s']:.1f}",
-                    f"{r['gpu_dph']:.3f}",
+                    f"{r['dph_total']:.3f}",
                     f"{r['total_usd']:.6f}",
                 ]
                 for r in rows

@@ -1,42 +1,27 @@
 """``vastai-async sandbox``: serve a local Vast.ai in its own process until Ctrl-C or SIGTERM.
 
-Prints the URL and key, and records both (with the log origin, pid, seed and time scale) in
-``$VASTAI_STATE_DIR/sandbox.json`` with mode 0600 so other commands and processes can find it;
-the record is removed on a clean shutdown. Load tests run it standalone so its SSH servers do
-not share the SDK's event loop.
+Prints the URL and key, and records both (with the log origin, pid, host, seed and time scale)
+in its own file ``$VASTAI_STATE_DIR/sandboxes/<name>.json`` with mode 0600 so other commands and
+processes can find it (``--sandbox``, ``--sandbox-name NAME``); the record is removed on a clean
+shutdown, and a crashed sandbox's record is recognised by its dead pid. Load tests run it
+standalone so its SSH servers do not share the SDK's event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
+import re
 import signal
-from pathlib import Path
-from typing import Any
+import socket
+import sys
 
 import click
+from yarl import URL
 
-__all__ = ["sandbox_cmd", "sandbox_record_path"]
+__all__ = ["sandbox_cmd"]
 
-
-def sandbox_record_path() -> Path:
-    """Where a standalone sandbox records its URL and key."""
-    from vastai_async._sandbox_link import sandbox_record_path as record_path
-
-    return record_path()
-
-
-def _write_private(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    # Created 0600 from the start: the key is never readable by others, not even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 async def _serve(
@@ -49,14 +34,30 @@ async def _serve(
     api_key: str | None,
     rate_limits: bool,
     ssh: bool,
+    name: str | None,
 ) -> None:
     from vastai_async.sandbox import Sandbox
+    from vastai_async.sandbox_link import (
+        SandboxRecord,
+        live_sandbox_records,
+        remove_sandbox_record,
+        write_sandbox_record,
+    )
+
+    running, _ = live_sandbox_records()
+    taken = {r.name: r for r in running}
+    if name is not None and name in taken:
+        click.echo(
+            f"error: a sandbox named {name!r} already runs at {taken[name].url} "
+            "(stop it, or pick another --name)",
+            err=True,
+        )
+        sys.exit(1)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    record = sandbox_record_path()
     sandbox = Sandbox(
         seed=seed,
         offers=offers,
@@ -68,27 +69,30 @@ async def _serve(
         ssh=ssh,
     )
     async with sandbox:
-        data = {
-            "url": sandbox.url,
-            "api_key": sandbox.api_key,
-            "logs_url": sandbox.logs_url,
-            "pid": os.getpid(),
-            "seed": seed,
-            "time_scale": time_scale,
-            "offers": offers,
-        }
-        _write_private(record, data)
+        # Without --name: "default" when free, else named after the port (always unique).
+        chosen = name or ("default" if "default" not in taken else f"port-{URL(sandbox.url).port}")
+        record = SandboxRecord(
+            url=sandbox.url,
+            api_key=sandbox.api_key,
+            time_scale=time_scale,
+            name=chosen,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            logs_url=sandbox.logs_url,
+            seed=seed,
+            offers=offers,
+        )
+        path = write_sandbox_record(record)
         try:
             click.echo(f"Sandbox URL: {sandbox.url}")
             click.echo(f"API key:     {sandbox.api_key}")
-            click.echo(f"Recorded in: {record}")
+            click.echo(f"Name:        {chosen} (--sandbox-name {chosen})")
+            click.echo(f"Recorded in: {path}")
             click.echo("Press Ctrl-C to stop.")
             await stop.wait()
             click.echo("Stopping sandbox...")
         finally:
-            with contextlib.suppress(OSError, ValueError):
-                if json.loads(record.read_text()).get("pid") == os.getpid():
-                    record.unlink()
+            remove_sandbox_record(record)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
@@ -108,6 +112,11 @@ async def _serve(
 @click.option("--api-key", default=None, help="Account key (random if not given).")
 @click.option("--no-rate-limits", is_flag=True, help="Do not answer 429 to fast clients.")
 @click.option("--no-ssh", is_flag=True, help="No SSH servers (ports accept and close).")
+@click.option(
+    "--name",
+    default=None,
+    help="Name of its record, for --sandbox-name (default: 'default', or port-PORT if taken).",
+)
 def sandbox_cmd(
     host: str,
     port: int,
@@ -117,21 +126,35 @@ def sandbox_cmd(
     api_key: str | None,
     no_rate_limits: bool,
     no_ssh: bool,
+    name: str | None,
 ) -> None:
-    """Serve a local Vast.ai (API, market, lifecycle, SSH) until Ctrl-C or SIGTERM."""
+    """Serve a local Vast.ai (API, market, lifecycle, SSH) until Ctrl-C or SIGTERM.
+
+    Several may run at once; each has its own record. Other commands pick one with --sandbox
+    (the only one running), --sandbox-name NAME or --sandbox-url URL.
+    """
+    if name is not None and not _NAME_RE.fullmatch(name):
+        raise click.BadParameter("1-64 characters of [A-Za-z0-9._-]", param_hint="--name")
     if time_scale <= 0:
         raise click.BadParameter("must be > 0", param_hint="--time-scale")
     if offers < 1:
         raise click.BadParameter("must be >= 1", param_hint="--offers")
-    asyncio.run(
-        _serve(
-            host=host,
-            port=port,
-            seed=seed,
-            time_scale=time_scale,
-            offers=offers,
-            api_key=api_key,
-            rate_limits=not no_rate_limits,
-            ssh=not no_ssh,
+    try:
+        asyncio.run(
+            _serve(
+                host=host,
+                port=port,
+                seed=seed,
+                time_scale=time_scale,
+                offers=offers,
+                api_key=api_key,
+                rate_limits=not no_rate_limits,
+                ssh=not no_ssh,
+                name=name,
+            )
         )
-    )
+    except OSError as err:
+        # A busy or forbidden port is the user's setting, not a bug: one line, exit 1.
+        reason = err.strerror or str(err)
+        click.echo(f"error: cannot serve the sandbox on {host}:{port}: {reason}", err=True)
+        sys.exit(1)

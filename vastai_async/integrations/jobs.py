@@ -13,7 +13,8 @@ from typing import Any
 
 import attrs
 
-from vastai_async.errors import InvalidRequestError, VastAIError
+from vastai_async._converter import structure, unstructure
+from vastai_async.errors import InvalidRequestError, ResponseValidationError, VastAIError
 from vastai_async.labels import validate_id
 
 __all__ = [
@@ -122,22 +123,8 @@ class JobSpec:
 
     def to_payload(self) -> dict[str, Any]:
         """A JSON-safe dict; :meth:`from_payload` turns it back into the same spec."""
-        return {
-            "job_id": self.job_id,
-            "commands": list(self.commands),
-            "image": self.image,
-            "gpus": None if self.gpus is None else list(self.gpus),
-            "min_vram_gb": self.min_vram_gb,
-            "max_usd_per_hour": self.max_usd_per_hour,
-            "max_spend_usd": self.max_spend_usd,
-            "fan_out": self.fan_out,
-            "timeout_s": self.timeout_s,
-            "command_timeout_s": self.command_timeout_s,
-            "check": self.check,
-            "extra_env": dict(self.extra_env),
-            "uploads": [list(p) for p in self.uploads],
-            "downloads": [list(p) for p in self.downloads],
-        }
+        payload: dict[str, Any] = unstructure(self)
+        return payload
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> JobSpec:
@@ -151,9 +138,26 @@ class JobSpec:
         if unknown:
             raise InvalidRequestError(f"unknown job fields: {', '.join(unknown)}")
         try:
-            return cls(**dict(payload))
-        except (TypeError, ValueError) as err:
-            raise InvalidRequestError(f"invalid job payload: {err}") from err
+            # The one converter reads it; the class's own validators still check every value.
+            return structure(dict(payload), cls)
+        except VastAIError as err:
+            refused = _validator_error(err.__cause__)
+            if refused is not None:
+                raise refused from None  # a validator's message already names the field
+            reason = err.message if isinstance(err, ResponseValidationError) else str(err)
+            reason = reason.removeprefix(f"response does not fit {cls.__name__}: ")
+            raise InvalidRequestError(f"invalid job payload: {reason}") from err
+
+
+def _validator_error(err: BaseException | None) -> InvalidRequestError | None:
+    """The first of our validators' errors inside what cattrs gathered, if any."""
+    if isinstance(err, InvalidRequestError):
+        return err
+    for inner in getattr(err, "exceptions", ()):
+        found = _validator_error(inner)
+        if found is not None:
+            return found
+    return None
 
 
 @attrs.frozen(kw_only=True)

@@ -186,6 +186,7 @@ def running_command(sandbox: Sandbox, job_id: str, command: str) -> bool:
 async def create_labelled(sandbox: Sandbox, offer_id: int, label: str) -> int:
     """Create an instance with ``label`` by hand (as another client would), past 429s."""
     headers = {"Authorization": f"Bearer {sandbox.api_key}"}
+    body: dict[str, Any] = {}
     async with aiohttp.ClientSession() as http:
         for _ in range(50):
             async with http.put(
@@ -193,8 +194,8 @@ async def create_labelled(sandbox: Sandbox, offer_id: int, label: str) -> int:
                 json={"client_id": "me", "image": "ubuntu", "disk": 10, "label": label},
                 headers=headers,
             ) as resp:
-                body = await resp.json()
-                if resp.status != 429:
+                if resp.status != 429:  # a 429 body may be plain text
+                    body = await resp.json()
                     break
             await asyncio.sleep(0.05)  # the route's rate-limit window, on the sandbox clock
     assert "new_contract" in body, body

@@ -58,6 +58,7 @@ pytestmark = pytest.mark.vastai_sandbox(
 TTL = 2.0  # heartbeat TTL of the workers under test (refreshed every TTL / 4)
 TICK = 1.0  # their reaper tick
 BOUND = 2 * TTL + TICK  # the promise: a dead worker's machines are gone within this
+_LIST_ROUTES = ("GET /api/v1/instances/", "GET /api/v0/instances/")
 
 
 async def _pool(url: str) -> ArqRedis:
@@ -278,22 +279,35 @@ async def test_an_instance_being_adopted_is_never_destroyed_by_a_peers_reap(
     assert not await redis.exists(lease)
 
 
-async def test_a_retry_leaves_alone_the_machine_a_reaper_holds(
+async def test_a_retry_waits_for_the_reaper_destroying_its_previous_machine(
     vastai_sandbox: Sandbox, vastai_config: VastAIConfig, redis: ArqRedis, clean: str
 ) -> None:
     options = _options(clean)
     job_id = f"{clean}-job"
     machine = await _abandoned_machine(vastai_config, f"{clean}-a-1-wabcdef", job_id)
     me = f"{clean}-b-2-wabcdef"
-    await redis.set(options.lease_key(machine), f"reaper:{clean}-c-3-wabcdef", px=30_000)
+    lease = options.lease_key(machine)
+    await redis.set(lease, f"reaper:{clean}-c-3-wabcdef", px=30_000)
     async with VastAIService(config=attrs.evolve(vastai_config, owner=me)) as mine:
         leased = LeasedProvider(
             mine, redis, lease_key=options.lease_key, holder=me, ttl_ms=30_000, held=set()
         )
-        assert await adopt_previous_try(leased, job_id) is None  # not listed for the retry
         with pytest.raises(InstanceLeasedError, match=str(machine)):
             await leased.adopt(machine)
         assert await leased.terminate_instance(machine) is False  # the reaper's to destroy
-        assert machine in vastai_sandbox.alive_instance_ids()
         assert leased.held == set()
+
+        def lists() -> int:
+            return sum(1 for r in vastai_sandbox.requests if r.route in _LIST_ROUTES)
+
+        before = lists()
+        retry = asyncio.create_task(adopt_previous_try(leased, job_id))
+        await wait_for(lambda: lists() >= before + 2, 10)  # listed, saw the reaper, listed again
+        assert not retry.done()
+        assert machine in vastai_sandbox.alive_instance_ids()
+        # The reaper finishes: the machine is gone, the lease released.
         await mine.terminate_instance(machine)
+        await redis.delete(lease)
+
+        assert await retry is None  # nothing left to adopt: the job rents anew, never beside it
+    assert vastai_sandbox.alive_instance_ids() == set()

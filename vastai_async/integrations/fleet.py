@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 
 from vastai_async._owners import this_host
 from vastai_async.errors import InvalidRequestError, NotFoundError
-from vastai_async.integrations.leases import release_lease, take_lease
+from vastai_async.integrations.leases import REAPER_PREFIX, release_lease, take_lease
 from vastai_async.provider import AsyncComputeProvider
 
 __all__ = [
@@ -313,7 +313,7 @@ async def _destroy_under_leases(
     dead: Mapping[str, list[int]],
 ) -> tuple[tuple[int, ...], set[str]]:
     """Destroy the dead owners' instances that no adopter holds; returns (destroyed, unfinished)."""
-    holder = f"reaper:{own}"
+    holder = REAPER_PREFIX + own
     leased: list[tuple[str, int]] = []
     unfinished: set[str] = set()
     try:

@@ -14,6 +14,7 @@ for the job, adopting takes the lease first, destroying a leftover takes it too.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from vastai_async.rental import Rental
 
 __all__ = [
+    "REAPER_PREFIX",
     "InstanceLeasedError",
     "LeasedProvider",
     "lease_holders",
@@ -35,6 +37,9 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+#: A reaper's lease holder is this prefix and its worker's owner id.
+REAPER_PREFIX = "reaper:"
 
 # Set when absent or ours (re-entrant, and the refresh of a held lease); 1 when we hold it.
 _TAKE = """
@@ -138,9 +143,22 @@ class LeasedProvider(AsyncComputeProvider):
     async def list_rentals(
         self, *, job_id: str | None = None, owner: str | None = None, all_owners: bool = False
     ) -> list[RentalSummary]:
-        """The inner listing without the instances someone else holds a lease on."""
-        found = await self.inner.list_rentals(job_id=job_id, owner=owner, all_owners=all_owners)
-        holders = await lease_holders(self.redis, [self.lease_key(s.instance_id) for s in found])
+        """The inner listing without the instances someone else holds a lease on.
+
+        While a reaper holds the lease of a listed instance (it is destroying it), this waits
+        for the reaper to finish (at most one lease TTL) and lists again: a retry then never
+        rents while its job's previous machine is still alive.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.ttl_ms / 1000
+        while True:
+            found = await self.inner.list_rentals(job_id=job_id, owner=owner, all_owners=all_owners)
+            keys = [self.lease_key(s.instance_id) for s in found]
+            holders = await lease_holders(self.redis, keys)
+            reaping = any(h is not None and h.startswith(REAPER_PREFIX) for h in holders)
+            if not reaping or loop.time() >= give_up:
+                break
+            await asyncio.sleep(min(0.5, self.ttl_ms / 20_000))
         visible = []
         for summary, holder in zip(found, holders, strict=True):
             if holder is None or holder == self.holder:

@@ -155,9 +155,14 @@ class LeasedProvider(AsyncComputeProvider):
             found = await self.inner.list_rentals(job_id=job_id, owner=owner, all_owners=all_owners)
             keys = [self.lease_key(s.instance_id) for s in found]
             holders = await lease_holders(self.redis, keys)
-            reaping = any(h is not None and h.startswith(REAPER_PREFIX) for h in holders)
+            reaping = [
+                s.instance_id
+                for s, h in zip(found, holders, strict=True)
+                if h is not None and h.startswith(REAPER_PREFIX)
+            ]
             if not reaping or loop.time() >= give_up:
                 break
+            _log.info("instances %s are being reaped: waiting for the reaper", reaping)
             await asyncio.sleep(min(0.5, self.ttl_ms / 20_000))
         visible = []
         for summary, holder in zip(found, holders, strict=True):

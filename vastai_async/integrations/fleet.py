@@ -70,6 +70,9 @@ _DEPLOYMENT_RE = re.compile(r"^[A-Za-z0-9_.]{1,24}$")
 _WORKER_RE = re.compile(r"^(?P<deployment>[A-Za-z0-9_.]{1,24})-[A-Za-z0-9._-]+-\d+-w[0-9a-f]{6}$")
 _MAX_OWNER = 64
 _TERMINATE_CONCURRENCY = 8
+# A registered suspect is dead on a later reap, about half a tick on (reaps are at least half a
+# tick apart; a little less absorbs the Redis round trips between lock and clock).
+_SECOND_LOOK = 0.45
 
 ProviderFactory = Callable[[str], AsyncComputeProvider]
 
@@ -256,6 +259,10 @@ async def reap_dead_workers(
     Returns:
         The instance ids destroyed.
     """
+    # The Redis clock, read before the listing: reaps start at least half a tick apart (the
+    # lock), so a suspect recorded by one reap is ripe at the next, however long listing takes.
+    seconds, micros = await redis.time()
+    now = seconds + micros / 1e6
     listed: dict[str, list[int]] = {}
     for summary in await provider.list_rentals(all_owners=True):
         if summary.owner and not summary.kept:
@@ -268,19 +275,16 @@ async def reap_dead_workers(
         for owner in candidates:
             pipe.exists(options.heartbeat_key(owner))
         pipe.hgetall(options.suspects_key)
-        pipe.time()
         replies = await pipe.execute()
     alive = {owner for owner, n in zip(candidates, replies, strict=False) if n}
-    suspects = {_text(k): float(_text(v)) for k, v in replies[-2].items()}
-    seconds, micros = replies[-1]
-    now = seconds + micros / 1e6
+    suspects = {_text(k): float(_text(v)) for k, v in replies[-1].items()}
     plan = plan_peer_reap(
         candidates=candidates,
         registered=registered,
         alive=alive,
         suspects=suspects,
         now=now,
-        registered_grace_s=options.tick_s / 2,
+        registered_grace_s=options.tick_s * _SECOND_LOOK,
         orphan_grace_s=options.grace_s,
     )
     if plan.suspected or plan.cleared:

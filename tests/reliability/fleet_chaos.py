@@ -10,9 +10,10 @@ seeded moment plays one scenario (they rotate):
 - ``kill+replace``: SIGKILL a busy worker and start another one.
 - ``redis-loss+kill``: restart Redis without its data mid-jobs (the queue is lost too), then
   SIGKILL a busy worker once the survivors registered again.
-- ``retry-race``: workers with a heartbeat TTL of 18 s and a job timeout of 9 s: the dead
-  worker's machines become reapable just when arq retries its jobs (after the job timeout plus
-  10 s), so retries adopt while peers reap.
+- ``retry-race``: workers with a heartbeat TTL of 20 s and a job timeout of 9 s: the dead
+  worker's machines become reapable about when arq retries its jobs (after the job timeout plus
+  10 s), and each adoption's first look at the machine is slowed by 1.5 s, so retries adopt
+  while peers reap.
 
 The table counts runs, jobs enqueued, completed, lost with Redis's data, double rentals (two
 machines of one job alive in the same 20 ms sample), late reaps (a dead worker's machine alive
@@ -38,12 +39,13 @@ from pathlib import Path
 
 import attrs
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.jobs import Job
 
 from tests.integrations._arq_workers import ThrowawayRedis, Workers
 from vastai_async.integrations import JobSpec
 from vastai_async.integrations.arq import enqueue_gpu_job
 from vastai_async.labels import parse_label
-from vastai_async.sandbox import Sandbox
+from vastai_async.sandbox import HTTPFault, Sandbox
 
 __all__ = ["SCENARIOS", "FleetOutcome", "main", "run_fleet_chaos", "summary_table"]
 
@@ -51,6 +53,7 @@ SCENARIOS = ("kill", "kill+replace", "redis-loss+kill", "retry-race")
 JOBS = 12
 WORKERS = 3
 TICK = 1.0
+SHOW_ROUTE = "GET /api/v0/instances/{id}/"
 
 
 @attrs.frozen(kw_only=True)
@@ -71,6 +74,7 @@ class FleetOutcome:
     adopted: int = 0
     spared: int = 0
     waited: int = 0
+    failures: tuple[str, ...] = ()
     error: str | None = None
 
     @property
@@ -122,7 +126,7 @@ def _owned_by(sandbox: Sandbox, owner: str) -> list[int]:
 async def run_one(seed: int, scenario: str, tmp: Path) -> FleetOutcome:
     """One run of ``scenario`` from ``seed`` (see the module doc)."""
     rng = random.Random(seed)
-    ttl, job_timeout = (18.0, 9.0) if scenario == "retry-race" else (2.0, 8.0)
+    ttl, job_timeout = (20.0, 9.0) if scenario == "retry-race" else (2.0, 8.0)
     bound = 2 * ttl + TICK
     dep = f"c{seed}{rng.randrange(16**4):04x}"
     redis = ThrowawayRedis(tmp / "redis")
@@ -165,6 +169,9 @@ async def run_one(seed: int, scenario: str, tmp: Path) -> FleetOutcome:
             killed_at = asyncio.get_running_loop().time()
             if scenario == "kill+replace":
                 await workers.start(ttl=ttl, tick=TICK, job_timeout=job_timeout, max_jobs=4)
+            if scenario == "retry-race":
+                slow = HTTPFault(kind="slow", route=SHOW_ROUTE, delay_s=1.5, times=None)
+                sandbox.add_fault(slow)
 
             async def reaped() -> bool:
                 return not set(machines) & sandbox.alive_instance_ids()
@@ -174,7 +181,7 @@ async def run_one(seed: int, scenario: str, tmp: Path) -> FleetOutcome:
             late = tuple(sorted(set(machines) & sandbox.alive_instance_ids())) or (
                 tuple(machines) if reap_s > bound else ()
             )
-            completed, failed, lost = await _results(pool, workers, specs, job_timeout)
+            completed, failures, lost = await _results(pool, workers, specs, job_timeout)
             for index in range(len(workers.procs)):
                 if workers.alive(index):
                     await workers.stop(index)
@@ -186,7 +193,8 @@ async def run_one(seed: int, scenario: str, tmp: Path) -> FleetOutcome:
                 jobs=len(specs),
                 completed=completed,
                 lost=lost if lost_data else 0,
-                failed=failed + (0 if lost_data else lost),
+                failed=len(failures) + (0 if lost_data else lost),
+                failures=failures,
                 double=tuple(sorted(sampler.double)),
                 late=late,
                 reap_s=reap_s if machines else None,
@@ -208,11 +216,11 @@ async def run_one(seed: int, scenario: str, tmp: Path) -> FleetOutcome:
 
 async def _results(
     pool: ArqRedis, workers: Workers, specs: list[JobSpec], job_timeout: float
-) -> tuple[int, int, int]:
+) -> tuple[int, tuple[str, ...], int]:
     """Wait until every job has a result, or nothing is queued, running or due for a retry.
 
     Returns:
-        (completed ok, failed, without a result).
+        (completed ok, "job: error" of each failed one, how many have no result).
     """
     ids = [s.job_id for s in specs]
 
@@ -226,25 +234,18 @@ async def _results(
 
     # A killed worker's job is retried once arq's in-progress key expires (job timeout + 10 s).
     await _poll(settled, job_timeout + 10 + 30)
-    ok = failed = missing = 0
+    ok = missing = 0
+    failures: list[str] = []
     for job_id in ids:
-        info = await _result(pool, job_id)
+        info = await Job(job_id, pool).result_info()
         if info is None:
             missing += 1
-        elif info:
+        elif info.success and isinstance(info.result, dict) and info.result.get("ok"):
             ok += 1
         else:
-            failed += 1
-    return ok, failed, missing
-
-
-async def _result(pool: ArqRedis, job_id: str) -> bool | None:
-    from arq.jobs import Job
-
-    info = await Job(job_id, pool).result_info()
-    if info is None:
-        return None
-    return bool(info.success and isinstance(info.result, dict) and info.result.get("ok"))
+            error = info.result.get("error") if isinstance(info.result, dict) else info.result
+            failures.append(f"{job_id}: {error}")
+    return ok, tuple(failures), missing
 
 
 async def run_fleet_chaos(
@@ -272,6 +273,7 @@ def _line(o: FleetOutcome) -> str:
         f"late={list(o.late)} leaked={list(o.leaked)} adopted={o.adopted} "
         f"reaper-spared-adoption={o.spared} retry-waited-for-reaper={o.waited}"
     )
+    text += "".join(f"\n    failed {f}" for f in o.failures)
     return text + (f" error={o.error}" if o.error else "")
 
 

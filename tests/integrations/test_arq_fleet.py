@@ -287,15 +287,20 @@ async def test_a_retry_waits_for_the_reaper_destroying_its_previous_machine(
     machine = await _abandoned_machine(vastai_config, f"{clean}-a-1-wabcdef", job_id)
     me = f"{clean}-b-2-wabcdef"
     lease = options.lease_key(machine)
-    await redis.set(lease, f"reaper:{clean}-c-3-wabcdef", px=30_000)
     async with VastAIService(config=attrs.evolve(vastai_config, owner=me)) as mine:
         leased = LeasedProvider(
             mine, redis, lease_key=options.lease_key, holder=me, ttl_ms=30_000, held=set()
         )
+        # Another worker holds it (a zombie try adopting it): hands off, at once.
+        await redis.set(lease, f"{clean}-d-4-wabcdef", px=30_000)
+        assert await leased.list_rentals(job_id=job_id, all_owners=True) == []
         with pytest.raises(InstanceLeasedError, match=str(machine)):
             await leased.adopt(machine)
-        assert await leased.terminate_instance(machine) is False  # the reaper's to destroy
+        assert await leased.terminate_instance(machine) is False
         assert leased.held == set()
+
+        # A reaper holds it: the retry waits until the reaper is done.
+        await redis.set(lease, f"reaper:{clean}-c-3-wabcdef", px=30_000)
 
         def lists() -> int:
             return sum(1 for r in vastai_sandbox.requests if r.route in _LIST_ROUTES)

@@ -174,14 +174,29 @@ class LeasedProvider(AsyncComputeProvider):
                 )
         return visible
 
+    async def _while_reaped(self, key: str) -> None:
+        """Wait (at most one lease TTL) while a reaper holds ``key``."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.ttl_ms / 1000
+        while loop.time() < give_up:
+            [holder] = await lease_holders(self.redis, [key])
+            if holder is None or not holder.startswith(REAPER_PREFIX):
+                return
+            await asyncio.sleep(min(0.5, self.ttl_ms / 20_000))
+
     async def adopt(self, instance_id: int) -> Rental:
         """Take the instance's lease, then adopt it; the lease stays held until released.
 
         Raises:
-            InstanceLeasedError: another worker holds its lease.
+            InstanceLeasedError: another worker holds its lease (when a reaper, once it is
+                done or one lease TTL passed).
         """
         if not await self._take(instance_id):
-            [holder] = await lease_holders(self.redis, [self.lease_key(instance_id)])
+            key = self.lease_key(instance_id)
+            [holder] = await lease_holders(self.redis, [key])
+            if holder is not None and holder.startswith(REAPER_PREFIX):
+                # Let the reaper finish: the caller then finds the machine gone, not dying.
+                await self._while_reaped(key)
             raise InstanceLeasedError(
                 f"instance {instance_id} is leased by {holder}",
                 instance_id=instance_id,

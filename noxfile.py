@@ -110,3 +110,11 @@ def chaos(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     args = session.posargs or ["--runs", "300", "--seed", "0"]
     session.run("python", "-m", "tests.reliability.chaos", *args)
+
+
+@nox.session(name="fleet_chaos")
+def fleet_chaos(session: nox.Session) -> None:
+    """arq workers SIGKILLed and robbed of their Redis data (needs redis-server); summary table."""
+    session.install("-e", ".[dev]")
+    args = session.posargs or ["--runs", "8", "--seed", "0"]
+    session.run("python", "-m", "tests.reliability.fleet_chaos", *args)

@@ -6,11 +6,13 @@ PyPI yet) and a Redis server.
     python examples/arq_worker.py --sandbox worker                  # one or more, anywhere
     python examples/arq_worker.py --sandbox enqueue --jobs 6        # prints each job's result
 
-Each worker has its own owner id (``<deployment>-<host>-<pid>-<random>``) written into its rental
-labels and a heartbeat key in Redis. A worker that starts destroys what dead workers of the same
-deployment left (their heartbeat expired), and nothing else. A retried job adopts the machine an
-earlier try left instead of renting a second one. Stop a worker with Ctrl-C: it destroys its
-rentals and removes its heartbeat.
+Each worker has its own owner id (``<deployment>-<host>-<pid>-w<random>``) written into its
+rental labels and a heartbeat key in Redis, which it refreshes (and re-registers) every quarter
+TTL. Live workers reap on a tick: what a dead worker of the same deployment left (its heartbeat
+expired) is destroyed within about two TTLs, with no restart, and nothing else is touched. A
+retried job adopts the machine an earlier try left, under a Redis lease that keeps reapers off
+it, instead of renting a second one. Stop a worker with Ctrl-C: it destroys its rentals and
+removes its heartbeat. docs/scale.md ("Fleet custody") has the details.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def worker(args: argparse.Namespace) -> None:
         provider_factory=provider,
         heartbeat_ttl_s=args.heartbeat_ttl,
         heartbeat_interval_s=args.heartbeat_ttl / 4,
+        reap_interval_s=args.reap_interval,
     )
     settings = worker_settings(
         options,
@@ -98,6 +101,12 @@ if __name__ == "__main__":
     w.add_argument("--deployment", default="demo", help="shared by all workers of a deployment")
     w.add_argument("--max-jobs", type=int, default=10, help="jobs in flight in this worker")
     w.add_argument("--heartbeat-ttl", type=float, default=60.0, help="seconds before presumed dead")
+    w.add_argument(
+        "--reap-interval",
+        type=float,
+        default=None,
+        help="reaper tick in seconds (default: half the heartbeat TTL)",
+    )
     w.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     e = sub.add_parser("enqueue", help="enqueue jobs and print their results")
     e.add_argument("--jobs", type=int, default=4, help="number of jobs")

@@ -68,14 +68,18 @@ def test_worker_owner_ids_are_unique_label_safe_and_name_their_deployment() -> N
 @pytest.mark.parametrize(
     ("owner", "deployment"),
     [
-        ("render-host-12-abcdef", "render"),
-        ("render.eu-host-12-abcdef", "render.eu"),
-        ("myhost-12-abcdef", "myhost"),  # a plain SDK owner: its first part is not ours
+        ("render-host-12-wabcdef", "render"),
+        ("render.eu-host-12-wabcdef", "render.eu"),
+        ("render-my-host-12-wabcdef", "render"),  # the first dash ends the deployment
+        ("render-host-12-abcdef", None),  # a plain SDK owner on a host named "render-host"
+        ("myhost-12-abcdef", None),
         ("kept", None),
         ("", None),
     ],
 )
-def test_deployment_of_reads_up_to_the_first_dash(owner: str, deployment: str | None) -> None:
+def test_deployment_of_names_only_worker_shaped_owner_ids(
+    owner: str, deployment: str | None
+) -> None:
     assert arq_module.deployment_of(owner) == deployment
 
 
@@ -87,6 +91,9 @@ def test_deployment_of_reads_up_to_the_first_dash(owner: str, deployment: str | 
         {"deployment": "x" * 25},
         {"deployment": "ok", "heartbeat_ttl_s": 10, "heartbeat_interval_s": 6},
         {"deployment": "ok", "heartbeat_ttl_s": 0},
+        {"deployment": "ok", "reap_interval_s": 0},
+        {"deployment": "ok", "orphan_grace_s": -1.0},
+        {"deployment": "ok", "reap_interval_s": True},
     ],
 )
 def test_worker_options_refuse_unsafe_settings(kwargs: dict[str, object]) -> None:

@@ -15,56 +15,71 @@ run_worker(worker_settings(WorkerOptions(deployment="render"),
 await enqueue_gpu_job(redis, JobSpec(job_id="frame-0042", commands=["render 42"]))
 ```
 
-How a deployment stays clean:
+How a deployment stays clean (the Redis protocol is in :mod:`vastai_async.integrations.fleet`):
 
-- Each worker gets its own owner id ``<deployment>-<host>-<pid>-<random>``; its provider writes
-  it into every rental label, so anyone can tell whose machine an instance is.
-- Each worker keeps ``<heartbeat prefix><owner id>`` alive in Redis with a TTL, refreshed by a
-  background task. A worker that dies (SIGKILL, OOM, lost host) stops refreshing it.
-- Each worker registers its owner id in a Redis set of the deployment's workers.
-- At startup a worker reaps the instances of registered workers of *its deployment* whose
-  heartbeat expired, and nothing else: not a live worker's machines, not another deployment's,
-  not plain SDK use, not kept ones.
+- Each worker gets its own owner id ``<deployment>-<host>-<pid>-w<random>``; its provider
+  writes it into every rental label, so anyone can tell whose machine an instance is.
+- Each worker beats: it keeps ``<heartbeat prefix><owner id>`` alive in Redis with a TTL and
+  re-registers in the deployment's members set every beat (so it survives Redis losing data).
+- Each worker ticks: one worker at a time (a short Redis lock) reaps the machines of the
+  deployment's workers whose heartbeat expired, registered or found by label, and nothing else:
+  not a live worker's machines, not another deployment's, not plain SDK use, not kept ones, not
+  one another worker is adopting (it holds the instance's lease).
 - At shutdown a worker destroys its own rentals, then unregisters and deletes its heartbeat.
 - A job run looks first for what an earlier try of the same job left (arq retries after a
-  worker died): a running machine is adopted, anything else destroyed, so two machines of one
-  job are never alive at once.
+  worker died): a running machine is adopted under its lease, anything else destroyed, so two
+  machines of one job are never alive at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
-import re
-import secrets
-from collections.abc import Callable
+import random
 from typing import Any
 
 import attrs
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job
 from arq.worker import Retry, func
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vastai_async._owners import this_host
 from vastai_async.errors import (
     APIConnectionError,
     InternalServerError,
-    InvalidRequestError,
     NotFoundError,
     RateLimitedError,
     VastAIError,
 )
 from vastai_async.integrations.asyncio_runner import run_job
+from vastai_async.integrations.fleet import (
+    HEARTBEAT_PREFIX,
+    WorkerOptions,
+    deployment_of,
+    heartbeat_forever,
+    reap_dead_workers,
+    reap_if_turn,
+    reaper_forever,
+    vast_provider_factory,
+    worker_owner_id,
+)
 from vastai_async.integrations.jobs import JobSpec
+from vastai_async.integrations.leases import InstanceLeasedError, LeasedProvider
 from vastai_async.provider import AsyncComputeProvider
 
 __all__ = [
     "FUNCTION_NAME",
     "HEARTBEAT_PREFIX",
+    "InstanceLeasedError",
     "WorkerOptions",
     "WorkerState",
     "deployment_of",
@@ -80,76 +95,15 @@ _log = logging.getLogger(__name__)
 
 #: The arq function name jobs are enqueued under.
 FUNCTION_NAME = "vastai_run_job"
-#: Redis key prefix of worker heartbeats; the owner id follows.
-HEARTBEAT_PREFIX = "vastai-async:heartbeat:"
 #: Where the worker's state lives in arq's ``ctx``.
 CTX_KEY = "vastai_async"
-
-# No "-" in a deployment name: the first "-" of an owner id ends it, so deployment "prod"
-# never claims "prod-eu"'s workers.
-_DEPLOYMENT_RE = re.compile(r"^[A-Za-z0-9_.]{1,24}$")
-_MAX_OWNER = 64
-
-ProviderFactory = Callable[[str], AsyncComputeProvider]
 
 #: Failures worth another try: the account was busy or the API briefly unreachable.
 _TRANSIENT = (RateLimitedError, APIConnectionError, InternalServerError)
 
-
-def vast_provider_factory(owner: str) -> AsyncComputeProvider:
-    """The default factory: a :class:`~vastai_async.VastAIService` from ``VASTAI_*`` settings."""
-    from vastai_async.config import get_vastai_config
-    from vastai_async.service import VastAIService
-
-    return VastAIService(config=get_vastai_config(owner=owner))
-
-
-def _deployment(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not isinstance(value, str) or not _DEPLOYMENT_RE.match(value):
-        raise InvalidRequestError(
-            f"deployment must be 1-24 characters of [A-Za-z0-9_.] (no '-'), got {value!r}"
-        )
-
-
-def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (isinstance(value, int | float) and value > 0):
-        raise InvalidRequestError(f"{attribute.name} must be > 0, got {value!r}")
-
-
-@attrs.frozen(kw_only=True)
-class WorkerOptions:
-    """How a worker of a deployment identifies itself, keeps its heartbeat and gets a provider.
-
-    Attributes:
-        deployment: the name shared by all workers of one deployment (owner id prefix).
-        provider_factory: builds the worker's provider (not yet entered) from its owner id.
-        heartbeat_ttl_s: a worker silent for this long is dead: its machines may be reaped.
-        heartbeat_interval_s: how often the heartbeat is refreshed (well below the TTL).
-        heartbeat_prefix: Redis key prefix of heartbeats.
-        retry_transient_after_s: a job that failed on a transient API error (rate limit,
-            connection, 5xx) raises ``arq.Retry`` to run again after this many seconds
-            (doubling per try); ``None`` returns the failed result instead.
-    """
-
-    deployment: str = attrs.field(validator=_deployment)
-    provider_factory: ProviderFactory = vast_provider_factory
-    heartbeat_ttl_s: float = attrs.field(default=60.0, validator=_positive)
-    heartbeat_interval_s: float = attrs.field(default=15.0, validator=_positive)
-    heartbeat_prefix: str = HEARTBEAT_PREFIX
-    retry_transient_after_s: float | None = 2.0
-
-    def __attrs_post_init__(self) -> None:
-        if self.heartbeat_interval_s * 2 > self.heartbeat_ttl_s:
-            raise InvalidRequestError("heartbeat_interval_s must be at most half the TTL")
-
-    def heartbeat_key(self, owner: str) -> str:
-        """The Redis key of ``owner``'s heartbeat."""
-        return self.heartbeat_prefix + owner
-
-    @property
-    def members_key(self) -> str:
-        """The Redis set of the owner ids that started as workers of this deployment."""
-        return f"{self.heartbeat_prefix}members:{self.deployment}"
+#: How long a worker rides out a Redis outage (a restart): each command retries with backoff.
+_REDIS_RETRIES = 40
+_REDIS_BACKOFF = ExponentialBackoff(cap=1.0, base=0.05)
 
 
 @attrs.define(kw_only=True)
@@ -159,84 +113,35 @@ class WorkerState:
     Attributes:
         owner: this worker's owner id.
         provider: the shared, entered provider.
+        options: the worker's options.
         reaped: instances this worker's startup destroyed (dead workers' leftovers).
+        leases: the instance lease keys this worker holds (refreshed by its heartbeat).
+        tasks: the heartbeat and reaper tasks.
     """
 
     owner: str
     provider: AsyncComputeProvider
     options: WorkerOptions
     reaped: tuple[int, ...] = ()
-    heartbeat: asyncio.Task[None] | None = None
+    leases: set[str] = attrs.Factory(set)
+    tasks: list[asyncio.Task[None]] = attrs.Factory(list)
 
 
-def worker_owner_id(deployment: str) -> str:
-    """A fresh owner id ``<deployment>-<host>-<pid>-<6 hex>``, at most 64 characters."""
-    _deployment(None, attrs.fields(WorkerOptions).deployment, deployment)
-    suffix = f"-{os.getpid()}-{secrets.token_hex(3)}"
-    host = this_host()[: _MAX_OWNER - len(deployment) - 1 - len(suffix)]
-    return f"{deployment}-{host}{suffix}"
+def _riding_out_outages(settings: RedisSettings | None) -> RedisSettings:
+    """arq's Redis settings, retrying commands through a Redis restart unless told otherwise.
 
-
-def deployment_of(owner: str) -> str | None:
-    """The deployment named by a worker owner id (``None`` for other owner ids)."""
-    head, sep, _ = owner.partition("-")
-    return head if sep and _DEPLOYMENT_RE.match(head) else None
-
-
-async def reap_dead_workers(
-    provider: AsyncComputeProvider, redis: ArqRedis, options: WorkerOptions, *, own: str
-) -> tuple[int, ...]:
-    """Destroy the instances of this deployment's workers whose heartbeat expired.
-
-    An owner is considered only when its id starts with ``<deployment>-`` *and* it registered
-    as a worker of this deployment in Redis (so a plain SDK user on a host that happens to be
-    named like the deployment is never taken for a worker). Each dead one is reaped with
-    ``provider.reap(owner=..., dry_run=True)`` (which spares kept instances and this
-    provider's live races) and only that owner's instances are destroyed, never an instance
-    ``reap`` would pick for another reason.
-
-    Returns:
-        The instance ids destroyed.
+    Without retries, a Redis restart (the data-loss case the fleet survives) stops the arq
+    worker: its poll fails, and arq's ``close()`` fails before our shutdown runs.
     """
-    summaries = await provider.list_rentals(all_owners=True)
-    members = {_text(m) for m in await redis.smembers(options.members_key)}  # type: ignore[misc]
-    listed = {s.owner for s in summaries if s.owner}
-    destroyed: list[int] = []
-    for owner in sorted(members - {own}):
-        if deployment_of(owner) != options.deployment:
-            continue
-        if await redis.exists(options.heartbeat_key(owner)):
-            continue  # alive: its machines are its own business
-        if owner in listed:
-            theirs = {s.instance_id for s in summaries if s.owner == owner}
-            report = await provider.reap(owner=owner, dry_run=True)
-            for instance_id, _ in report.destroyed:
-                if instance_id not in theirs:
-                    continue
-                _log.warning("reaping instance %s of dead worker %s", instance_id, owner)
-                with contextlib.suppress(NotFoundError):
-                    await provider.terminate_instance(instance_id)
-                destroyed.append(instance_id)
-        # Dead and (now) without machines: forget it, so the set stays small.
-        await redis.srem(options.members_key, owner)  # type: ignore[misc]
-    return tuple(destroyed)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-async def _beat(redis: ArqRedis, key: str, value: str, options: WorkerOptions) -> None:
-    ttl_ms = int(options.heartbeat_ttl_s * 1000)
-    while True:
-        await asyncio.sleep(options.heartbeat_interval_s)
-        try:
-            if not await redis.set(key, value, px=ttl_ms, xx=True):
-                # Our heartbeat expired: other workers may already have reaped our machines.
-                _log.error("heartbeat %s had expired; this worker's rentals may be gone", key)
-                await redis.set(key, value, px=ttl_ms)
-        except (RedisError, OSError) as err:
-            _log.warning("heartbeat refresh failed (%s); retrying", err)
+    settings = settings or RedisSettings()
+    if settings.retry is not None or settings.retry_on_error is not None:
+        return settings
+    return dataclasses.replace(
+        settings,
+        # OSError: a refused connect while Redis restarts is not a redis ConnectionError.
+        retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
+        retry=RedisRetry(_REDIS_BACKOFF, _REDIS_RETRIES),
+    )
 
 
 def worker_settings(
@@ -267,31 +172,40 @@ def worker_settings(
         "on_startup": startup,
         "on_shutdown": shutdown,
     }
-    if redis_settings is not None:
-        settings["redis_settings"] = redis_settings
+    settings["redis_settings"] = _riding_out_outages(redis_settings)
     settings.update(overrides)
     return settings
 
 
 async def worker_startup(ctx: dict[str, Any], options: WorkerOptions) -> None:
-    """arq ``on_startup``: owner id, heartbeat, one shared provider, reap dead workers."""
+    """arq ``on_startup``: owner id, heartbeat, one shared provider, a first reap, the reaper."""
     redis: ArqRedis = ctx["redis"]
     owner = worker_owner_id(options.deployment)
     key = options.heartbeat_key(owner)
     value = json.dumps({"owner": owner, "host": this_host(), "pid": os.getpid()})
     # Registered, with a heartbeat, before any machine carries this owner id.
-    await redis.set(key, value, px=int(options.heartbeat_ttl_s * 1000))
+    await redis.set(key, value, px=options.ttl_ms)
     await redis.sadd(options.members_key, owner)  # type: ignore[misc]
     state = WorkerState(owner=owner, provider=options.provider_factory(owner), options=options)
-    state.heartbeat = asyncio.create_task(_beat(redis, key, value, options))
+    state.tasks.append(
+        asyncio.create_task(heartbeat_forever(redis, options, owner, value, state.leases))
+    )
     try:
         await state.provider.__aenter__()
-        state.reaped = await reap_dead_workers(state.provider, redis, options, own=owner)
+        state.reaped = await reap_if_turn(state.provider, redis, options, own=owner) or ()
     except BaseException:
         await _stop(state, redis, key)
         raise
+    state.tasks.append(
+        asyncio.create_task(reaper_forever(state.provider, redis, options, own=owner, rng=_rng()))
+    )
     ctx[CTX_KEY] = state
     _log.info("worker %s started (reaped %d instances of dead workers)", owner, len(state.reaped))
+
+
+def _rng() -> random.Random:
+    # Each worker its own jitter: seeded per process so two workers never tick in step.
+    return random.Random(os.getpid() ^ int.from_bytes(os.urandom(4), "big"))
 
 
 async def worker_shutdown(ctx: dict[str, Any], options: WorkerOptions) -> None:
@@ -307,7 +221,7 @@ async def worker_shutdown(ctx: dict[str, Any], options: WorkerOptions) -> None:
             with contextlib.suppress(NotFoundError):
                 await state.provider.terminate_instance(summary.instance_id)
     except VastAIError as err:
-        # The heartbeat goes anyway: the next worker's startup reaps what is left.
+        # The heartbeat goes anyway: a peer's reaper destroys what is left.
         _log.error("worker %s: shutdown teardown failed: %s", state.owner, err)
     else:
         with contextlib.suppress(RedisError, OSError):
@@ -317,10 +231,11 @@ async def worker_shutdown(ctx: dict[str, Any], options: WorkerOptions) -> None:
 
 
 async def _stop(state: WorkerState, redis: ArqRedis, key: str) -> None:
-    if state.heartbeat is not None:
-        state.heartbeat.cancel()
+    for task in state.tasks:
+        task.cancel()
+    for task in state.tasks:
         with contextlib.suppress(asyncio.CancelledError):
-            await state.heartbeat
+            await task
     try:
         await state.provider.close()
     finally:
@@ -331,8 +246,9 @@ async def _stop(state: WorkerState, redis: ArqRedis, key: str) -> None:
 async def run_gpu_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
     """The arq job: run a :class:`JobSpec` payload on this worker's provider.
 
-    What an earlier try of the same job left is adopted or destroyed first, so a retry never
-    rents a second machine while the first one lives.
+    What an earlier try of the same job left is adopted (under the instance's lease, held until
+    the job ends) or destroyed first, so a retry never rents a second machine while the first
+    one lives, and a peer's reaper never destroys the machine being adopted.
 
     Returns:
         :meth:`JobResult.to_payload` plus ``owner`` and ``job_try`` (failures included: the
@@ -347,7 +263,20 @@ async def run_gpu_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str,
     job_try = ctx.get("job_try", 1)
     if job_try > 1:
         _log.info("job %s: try %d", spec.job_id, job_try)
-    result = await run_job(state.provider, spec, adopt_previous=True)
+    leased = LeasedProvider(
+        state.provider,
+        ctx["redis"],
+        lease_key=state.options.lease_key,
+        holder=state.owner,
+        ttl_ms=state.options.ttl_ms,
+        held=state.leases,
+    )
+    try:
+        result = await run_job(leased, spec, adopt_previous=True)
+    finally:
+        # The machine is destroyed (or its teardown failed and it carries our label).
+        with contextlib.suppress(RedisError, OSError):
+            await leased.release_all()
     _log.info("job %s: ok=%s in %.2f s", spec.job_id, result.ok, result.times.total_s)
     defer = state.options.retry_transient_after_s
     if defer is not None and isinstance(result.error, _TRANSIENT):

@@ -169,6 +169,7 @@ class Container:
         self.direct_port: int | None = None
         self.token = secrets.token_hex(12)
         self._children: set[asyncio.subprocess.Process] = set()
+        self._spawned = False  # nothing to look for in /proc until a process was started
         self._tasks: set[asyncio.Task[None]] = set()
         _LIVE.add(self)
 
@@ -244,6 +245,7 @@ class Container:
             start_new_session=True,
             **kwargs,
         )
+        self._spawned = True
         self._children.add(proc)
         return proc
 
@@ -279,7 +281,7 @@ class Container:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        assert proc.stdout is not None  # noqa: S101 -- asked for a pipe just above
+        assert proc.stdout is not None
         lines = 0
         while raw := await proc.stdout.readline():
             if lines < _LOG_LINES_MAX:
@@ -289,7 +291,7 @@ class Container:
 
     async def kill_all(self) -> None:
         """Kill every process this instance started (SIGKILL), and the onstart reader."""
-        for _ in range(5):  # again while something forks during the kill
+        for _ in range(5 if self._spawned else 0):  # again while something forks during the kill
             pids = await asyncio.to_thread(self._marked_pids)
             groups = {p.pid for p in self._children if p.returncode is None}
             if not pids and not groups:
@@ -332,6 +334,8 @@ class Container:
 
     def kill_now(self) -> None:
         """Kill everything at once, synchronously (interpreter exit)."""
+        if not self._spawned:
+            return
         for pid in self._marked_pids():
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)

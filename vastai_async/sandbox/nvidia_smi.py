@@ -90,38 +90,52 @@ def _csv(data: dict[str, Any], gpus: list[GPU], fields: list[str], fmt: set[str]
     return "".join(line + "\n" for line in lines)
 
 
+def _cells(a: str, b: str, c: str) -> str:
+    """One row of the GPU table's three columns."""
+    return f"|{a:<41}|{b:<24}|{c:<22}|"
+
+
+def _wide(text: str) -> str:
+    """One row spanning the table's width."""
+    return f"|{text:<89}|"
+
+
 def _table(data: dict[str, Any], gpus: list[GPU]) -> str:
-    rule = "+-----------------------------------------------------------------------------------------+"
-    mid = "|-----------------------------------------+------------------------+----------------------+"
-    row = "+-----------------------------------------+------------------------+----------------------+"
+    rule = "+" + "-" * 89 + "+"
+    row = "+" + "-" * 41 + "+" + "-" * 24 + "+" + "-" * 22 + "+"
     driver, cuda = data["driver_version"], data["cuda_version"]
     out = [
         time.strftime("%a %b %d %H:%M:%S %Y"),
         rule,
-        f"| NVIDIA-SMI {driver:<22} Driver Version: {driver:<16} CUDA Version: {cuda:<9}|",
-        mid,
-        "| GPU  Name                 Persistence-M | Bus-Id          Disp.A | Volatile Uncorr. ECC |",
-        "| Fan  Temp   Perf          Pwr:Usage/Cap |           Memory-Usage | GPU-Util  Compute M. |",
-        "|                                         |                        |               MIG M. |",
-        "|=========================================+========================+======================|",
-    ]
+        _wide(f" NVIDIA-SMI {driver:<22} Driver Version: {driver:<16} CUDA Version: {cuda}"),
+        row.replace("+", "|", 1)[:-1] + "|",
+        _cells(" GPU  Name                 Persistence-M", " Bus-Id          Disp.A",
+               " Volatile Uncorr. ECC"),
+        _cells(" Fan  Temp   Perf          Pwr:Usage/Cap", "           Memory-Usage",
+               " GPU-Util  Compute M."),
+        _cells("", "", "               MIG M."),
+        row.replace("-", "="),
+    ]  # fmt: skip
     for gpu in gpus:
         memory = f"0MiB / {gpu['memory_mib']}MiB"
         out += [
-            f"| {gpu['index']:>3}  {gpu['name'][:20]:<20}           On  |"
-            f"   {_bus_id(gpu)} Off |                  Off |",
-            f"| 30%   34C    P8             21W /  450W |  {memory:>21} |      0%      Default |",
-            "|                                         |                        |                  N/A |",
+            _cells(f" {gpu['index']:>3}  {gpu['name'][:20]:<20}           On", "   "
+                   f"{_bus_id(gpu)} Off", "                  Off"),
+            _cells(" 30%   34C    P8             21W /  450W", f"  {memory:>21}",
+                   "      0%      Default"),
+            _cells("", "", "                  N/A"),
             row,
-        ]
+        ]  # fmt: skip
     out += [
         "",
         rule,
-        "| Processes:                                                                              |",
-        "|  GPU   GI   CI        PID   Type   Process name                              GPU Memory |",
-        "|        ID   ID                                                               Usage      |",
-        "|=========================================================================================|",
-        "|  No running processes found                                                             |",
+        _wide(" Processes:"),
+        _wide("  GPU   GI   CI        PID   Type   Process name" + " " * 30 + "GPU Memory"),
+        _wide(
+            "        ID   ID                                                               Usage"
+        ),
+        "|" + "=" * 89 + "|",
+        _wide("  No running processes found"),
         rule,
     ]
     return "\n".join(out) + "\n"
@@ -186,7 +200,7 @@ def render(data: dict[str, Any], argv: Sequence[str]) -> tuple[str, str, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry of the shim: ``nvidia_smi.py GPUS.json [nvidia-smi arguments]``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    with open(args[0], encoding="utf-8") as f:  # noqa: PTH123 (stdlib only, fast start)
+    with open(args[0], encoding="utf-8") as f:
         data = json.load(f)
     out, err, status = render(data, args[1:])
     sys.stdout.write(out)

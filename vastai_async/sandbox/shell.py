@@ -48,16 +48,19 @@ async def run_session(container: Container, process: asyncssh.SSHServerProcess[b
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None  # noqa: S101
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     feeder = asyncio.create_task(_feed_stdin(process, proc))
-    finished = asyncio.ensure_future(
+    finished: asyncio.Future[tuple[None, None, int]] = asyncio.ensure_future(
         asyncio.gather(
             _pump(proc.stdout, process.stdout), _pump(proc.stderr, process.stderr), proc.wait()
         )
     )
-    closed = asyncio.ensure_future(process.channel.wait_closed())
+    closed: asyncio.Future[None] = asyncio.ensure_future(process.channel.wait_closed())
     try:
-        await asyncio.wait({finished, closed}, return_when=asyncio.FIRST_COMPLETED)
+        waiting: list[asyncio.Future[Any]] = [finished, closed]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     finally:
         feeder.cancel()
         if not finished.done():
@@ -93,7 +96,7 @@ async def _feed_stdin(
     process: asyncssh.SSHServerProcess[bytes], proc: asyncio.subprocess.Process
 ) -> None:
     stdin = proc.stdin
-    assert stdin is not None  # noqa: S101
+    assert stdin is not None
     try:
         while True:
             try:

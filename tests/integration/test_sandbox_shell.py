@@ -94,6 +94,7 @@ async def test_environment_is_what_vast_sets_and_nothing_of_the_host(
     assert env["VAST_TCP_PORT_22"] == str(getattr(server, "direct_port", None))
     assert env["GPU_COUNT"] == str(vastai_sandbox.instance(iid).offer["num_gpus"])
     assert "VASTAI_API_KEY" not in env
+    assert (await rental.run("hostname", check=True)).stdout == f"C.{iid}\n"
     assert "host-secret-must-not-leak" not in "".join(env.values())
 
 

@@ -8,7 +8,7 @@ local user, with ``/bin/sh``. What makes it feel like a Vast.ai container is kep
 - the environment Vast.ai sets (``VAST_CONTAINERLABEL``, ``CONTAINER_ID``, ``PUBLIC_IPADDR``,
   ``GPU_COUNT``, ``DATA_DIRECTORY``, ``VAST_TCP_PORT_<n>``/``VAST_UDP_PORT_<n>`` per port) plus
   the caller's ``env``, and nothing of the sandbox process's own environment but ``PATH`` and the
-  locale (so no ``VASTAI_API_KEY`` reaches a job);
+  locale (so no ``VASTAI_API_KEY`` reaches a job); a ``hostname`` shim prints ``C.<id>``;
 - its mapped ports: every ``-p N:N`` asks for a free loopback port ``P``; the mapping is an
   identity mapping (``ports["N/tcp"]`` says ``P``, ``VAST_TCP_PORT_N=P``, the job listens on
   ``P``), because every instance shares this machine's loopback;
@@ -186,6 +186,15 @@ class Container:
         script = shlex.quote(str(Path(nvidia_smi.__file__).resolve()))
         shim.write_text(f'#!/bin/sh\nexec {python} -I {script} {shlex.quote(str(data))} "$@"\n')
         shim.chmod(0o755)
+        # A container's host name is its label (``root@C.123:~#``); this machine's stays as is.
+        name = f"C.{self.instance_id}"
+        hostname = self.bindir / "hostname"
+        hostname.write_text(
+            "#!/bin/sh\n"
+            f'case "$*" in ""|-s|--short|-f|--fqdn) echo {name} ;;\n'
+            '*) echo "hostname: the sandbox cannot change or show that" >&2; exit 1 ;;\nesac\n'
+        )
+        hostname.chmod(0o755)
 
     def remove(self) -> None:
         """Delete the folder and the shim (the instance is destroyed)."""
@@ -213,6 +222,7 @@ class Container:
         env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
         env["PATH"] = f"{self.bindir}{os.pathsep}{env.get('PATH', os.defpath)}"
         env.update(HOME=str(self.workdir), PWD=str(self.workdir), SHELL="/bin/sh")
+        env["HOSTNAME"] = f"C.{self.instance_id}"
         if term:
             env["TERM"] = term
         env.update(self.vast_env())

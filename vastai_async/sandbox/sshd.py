@@ -194,6 +194,9 @@ class InstanceSSHServer:
         self._serve_tasks: set[asyncio.Task[None]] = set()
         self._conns: set[asyncssh.SSHServerConnection] = set()
         self._held: set[socket.socket] = set()
+        # Accepted sockets whose task has not started yet: a task cancelled before its first
+        # step never runs its own cleanup, so stop() closes these.
+        self._unclaimed: set[socket.socket] = set()
         self._options: dict[PortKind, asyncssh.SSHServerConnectionOptions] = {}
         self._stopped = False
 
@@ -314,6 +317,9 @@ class InstanceSSHServer:
         for conn in list(self._conns):
             conn.abort()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for unclaimed in self._unclaimed:
+            unclaimed.close()
+        self._unclaimed.clear()
         for conn in list(self._conns):
             with contextlib.suppress(Exception):
                 await conn.wait_closed()
@@ -457,10 +463,12 @@ class InstanceSSHServer:
     def _dispatch(self, conn_sock: socket.socket, kind: PortKind) -> None:
         f = self._faults
         if self._stopped or self.started_at is None or f.refuse:
+            self._unclaimed.add(conn_sock)
             self._track(self._close_gracefully(conn_sock))
         elif f.hang_before_banner or (kind == "direct" and f.firewall_direct):
             self._held.add(conn_sock)
         else:
+            self._unclaimed.add(conn_sock)
             self._track(self._serve(conn_sock, kind))
 
     def _track(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -472,6 +480,7 @@ class InstanceSSHServer:
         # Send FIN at once, then drain what the client sends until it closes: a plain close()
         # with its version line unread would send RST, and the client would see "reset" or
         # "closed" by chance. A booting host that closes is always "closed" this way.
+        self._unclaimed.discard(conn_sock)
         loop = asyncio.get_running_loop()
         try:
             conn_sock.shutdown(socket.SHUT_WR)
@@ -484,6 +493,7 @@ class InstanceSSHServer:
             conn_sock.close()
 
     async def _serve(self, conn_sock: socket.socket, kind: PortKind) -> None:
+        self._unclaimed.discard(conn_sock)
         try:
             conn = await asyncssh.run_server(conn_sock, options=self._options[kind])
         except (asyncssh.Error, OSError, TimeoutError) as err:

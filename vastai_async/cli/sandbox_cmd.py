@@ -49,6 +49,7 @@ async def _serve(
     api_key: str | None,
     rate_limits: bool,
     ssh: bool,
+    shell: str = "real",
 ) -> None:
     from vastai_async.sandbox import Sandbox
 
@@ -66,6 +67,7 @@ async def _serve(
         port=port,
         rate_limits=rate_limits,
         ssh=ssh,
+        shell="emulated" if shell == "emulated" else "real",
     )
     async with sandbox:
         data = {
@@ -108,6 +110,14 @@ async def _serve(
 @click.option("--api-key", default=None, help="Account key (random if not given).")
 @click.option("--no-rate-limits", is_flag=True, help="Do not answer 429 to fast clients.")
 @click.option("--no-ssh", is_flag=True, help="No SSH servers (ports accept and close).")
+@click.option(
+    "--shell",
+    type=click.Choice(["real", "emulated"]),
+    default="real",
+    show_default=True,
+    help="real: commands run with /bin/sh as you, in a folder per instance; "
+    "emulated: a few built-ins, no process started.",
+)
 def sandbox_cmd(
     host: str,
     port: int,
@@ -117,6 +127,7 @@ def sandbox_cmd(
     api_key: str | None,
     no_rate_limits: bool,
     no_ssh: bool,
+    shell: str,
 ) -> None:
     """Serve a local Vast.ai (API, market, lifecycle, SSH) until Ctrl-C or SIGTERM."""
     if time_scale <= 0:
@@ -133,5 +144,6 @@ def sandbox_cmd(
             api_key=api_key,
             rate_limits=not no_rate_limits,
             ssh=not no_ssh,
+            shell=shell,
         )
     )

@@ -285,3 +285,19 @@ async def test_run_script_example_runs_a_real_script_and_fetches_its_result(
     assert "  GPU: " in out
     assert out.rstrip().endswith("destroyed")
     assert vastai_sandbox.alive_instance_ids() == set()
+
+
+def _docs_block(heading: str) -> str:
+    """The first Python block after ``heading`` in docs/sandbox.md."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "sandbox.md").read_text()
+    after = text.split(f"\n{heading}\n", 1)[1]
+    return after.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+async def test_the_end_to_end_example_of_the_docs_passes(
+    vastai_service: VastAIService, vastai_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    namespace: dict[str, object] = {}
+    exec(compile(_docs_block("## Testing a real job end to end"), "sandbox.md", "exec"), namespace)  # noqa: S102
+    test = namespace["test_my_job_and_my_server"]
+    await test(vastai_service, vastai_sandbox, tmp_path)  # type: ignore[operator]

@@ -1,5 +1,7 @@
 """The sandbox as a test bed: rentals run real commands, the onstart script, and serve ports."""
 
+# ruff: noqa: S604  (``shell=`` names the sandbox's shell mode, not subprocess's shell=True)
+
 from __future__ import annotations
 
 import asyncio
@@ -260,7 +262,7 @@ async def test_nothing_survives_the_sandbox(tmp_path: Path) -> None:
     assert os.getpid() > 0
 
 
-@pytest.mark.vastai_sandbox(offers=12, time_scale=0.02, seed=16, shell="emulated")  # noqa: S604
+@pytest.mark.vastai_sandbox(offers=12, time_scale=0.02, seed=16, shell="emulated")
 async def test_emulated_shell_mode_runs_builtins_only(rental: Rental) -> None:
     assert (await rental.run("echo a && echo b")).stdout == "a && echo b\n"
     missing = await rental.run("python3 -c 'print(1)'")
@@ -270,7 +272,7 @@ async def test_emulated_shell_mode_runs_builtins_only(rental: Rental) -> None:
 
 def test_an_unknown_shell_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="shell"):
-        Sandbox(shell="bash")  # type: ignore[arg-type]  # noqa: S604
+        Sandbox(shell="bash")  # type: ignore[arg-type]
 
 
 async def test_run_script_example_runs_a_real_script_and_fetches_its_result(

@@ -66,6 +66,9 @@ _MAX_PORTS = 64
 _LOG_LINES_MAX = 10_000
 
 _LIVE: weakref.WeakSet[Container] = weakref.WeakSet()
+#: Host ports handed to live containers: not listened on until their job starts, so a bind test
+#: alone would hand the same port to two instances created back to back.
+_RESERVED: set[tuple[str, int]] = set()
 
 
 def port_specs(env: Mapping[str, str]) -> list[str]:
@@ -113,6 +116,8 @@ def _ephemeral_floor() -> int:
 def allocate_port(proto: str = "tcp", *, host: str = "127.0.0.1") -> int:
     """A port nothing listens on now, outside the range used for outgoing connections.
 
+    The port stays reserved (never handed out again) until the container holding it is removed.
+
     Raises:
         OSError: no free port found.
     """
@@ -121,11 +126,14 @@ def allocate_port(proto: str = "tcp", *, host: str = "127.0.0.1") -> int:
     rng = random.Random(secrets.randbits(64))
     for _ in range(200):
         port = rng.randrange(10_000, floor)
+        if (proto, port) in _RESERVED:
+            continue
         with socket.socket(socket.AF_INET, kind) as probe:
             try:
                 probe.bind((host, port))
             except OSError:
                 continue
+        _RESERVED.add((proto, port))
         return port
     raise OSError("no free port for a sandbox port mapping")
 
@@ -197,7 +205,9 @@ class Container:
         hostname.chmod(0o755)
 
     def remove(self) -> None:
-        """Delete the folder and the shim (the instance is destroyed)."""
+        """Delete the folder and the shim, free the host ports (the instance is destroyed)."""
+        for spec, port in self.ports.items():
+            _RESERVED.discard((spec.split("/")[1], port))
         shutil.rmtree(self.workdir, ignore_errors=True)
         shutil.rmtree(self.bindir, ignore_errors=True)
 

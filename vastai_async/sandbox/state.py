@@ -215,6 +215,8 @@ class Cloud:
         """Stop every task and server (the sandbox is shutting down); billing stops too."""
         for inst in list(self.instances.values()):
             await self._halt(inst)
+            if inst.container is not None:
+                await asyncio.to_thread(inst.container.remove)
             self.ledger.set_running(inst.id, False, self.clock.now())
 
     # --- state changes -------------------------------------------------------------------------
@@ -361,6 +363,8 @@ class Cloud:
         def finished(status: int) -> None:
             if status == 0:
                 self._note(inst, "onstart finished (exit status 0)")
+            elif status < 0:
+                self._note(inst, f"onstart killed by signal {-status}")
             else:
                 self._note(inst, f"onstart failed: exit status {status}")
 

@@ -128,7 +128,7 @@ async def test_nvidia_smi_prints_the_instance_gpus_in_its_formats(
     assert "bogus" in bad.stderr
 
 
-async def test_stdin_and_an_interactive_terminal_reach_the_shell(
+async def test_stdin_signals_and_an_interactive_terminal_reach_the_shell(
     rental: Rental, vastai_ssh_key: Path
 ) -> None:
     ssh = rental.info.ssh
@@ -143,6 +143,11 @@ async def test_stdin_and_an_interactive_terminal_reach_the_shell(
     ) as conn:
         piped = await conn.run("tr a-z A-Z", input="hello stdin\n")
         assert piped.stdout == "HELLO STDIN\n"
+        trapped = await conn.create_process("trap 'echo got INT; exit 7' INT; echo ready; read x")
+        assert await asyncio.wait_for(trapped.stdout.readline(), 10) == "ready\n"
+        trapped.send_signal("INT")
+        done = await asyncio.wait_for(trapped.wait(), 10)
+        assert (done.stdout, done.exit_status) == ("got INT\n", 7)
         process = await conn.create_process(term_type="xterm")
         process.stdin.write("echo $((6*7)); exit 5\n")
         output = await asyncio.wait_for(process.stdout.read(), 10)

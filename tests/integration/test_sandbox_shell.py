@@ -193,6 +193,19 @@ async def test_processes_are_killed_when_the_instance_is_destroyed(
     assert vastai_sandbox.alive_instance_ids() == set()
 
 
+async def test_stopping_an_instance_kills_its_processes_and_keeps_its_folder(
+    rental: Rental, vastai_sandbox: Sandbox
+) -> None:
+    started = await rental.run("echo kept > data.txt; nohup sleep 300 >/dev/null 2>&1 & echo $!")
+    pid = int(started.stdout)
+    assert _alive(pid)
+    inst = vastai_sandbox.instance(rental.instance_id)
+    await vastai_sandbox.cloud.stop(inst)
+    assert await _gone(pid)
+    assert inst.workdir is not None
+    assert (inst.workdir / "data.txt").read_text() == "kept\n"  # the disk survives a stop
+
+
 async def test_onstart_output_and_failure_appear_in_the_logs(
     vastai_service: VastAIService, vastai_sandbox: Sandbox
 ) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def _alive(pid: int) -> bool:
 
 
 async def _gone(pid: int) -> bool:
-    for _ in range(200):  # the kill is asynchronous on the server's side of a closed channel
+    for _ in range(1000):  # the kill is asynchronous on the server's side of a closed channel
         if not _alive(pid):
             return True
         await asyncio.sleep(0.01)
@@ -177,7 +176,7 @@ async def test_processes_are_killed_when_the_instance_is_destroyed(
         running = asyncio.create_task(rental.run("echo $$ > run.pid; exec sleep 302"))
         workdir = vastai_sandbox.instance(rental.instance_id).workdir
         assert workdir is not None
-        for _ in range(300):
+        for _ in range(3000):
             if (workdir / "run.pid").exists() and (workdir / "run.pid").read_text():
                 break
             await asyncio.sleep(0.01)
@@ -212,7 +211,7 @@ async def test_onstart_output_and_failure_appear_in_the_logs(
     script = "echo hello from onstart; python3 -c 'print(6*7)'; echo to-stderr >&2; exit 3"
     async with await _rent(vastai_service, vastai_sandbox, "onstart", onstart_cmd=script) as r:
         log = ""
-        for _ in range(100):
+        for _ in range(500):
             log = await vastai_service.client.request_logs(r.instance_id, poll_interval_s=0.01)
             if "onstart failed" in log:
                 break
@@ -243,7 +242,7 @@ async def test_a_server_started_by_onstart_answers_on_the_mapped_host_port(
         assert env == f"{host_port}\n"
         body = ""
         async with aiohttp.ClientSession() as http:
-            for _ in range(300):  # until the server has started
+            for _ in range(1500):  # until the server has started (fast; generous under load)
                 try:
                     async with http.get(f"http://127.0.0.1:{host_port}/") as resp:
                         body = await resp.text()
@@ -269,7 +268,7 @@ async def test_nothing_survives_the_sandbox(tmp_path: Path) -> None:
                 iid = (await r.json())["new_contract"]
         await sb.wait_status(iid, "running")
         pid_file = sb.instance(iid).workdir / "bg.pid"  # type: ignore[operator]
-        for _ in range(300):
+        for _ in range(3000):
             if pid_file.exists() and len(pid_file.read_text().split()) == 2:
                 break
             await asyncio.sleep(0.01)
@@ -277,7 +276,6 @@ async def test_nothing_survives_the_sandbox(tmp_path: Path) -> None:
         assert all(_alive(pid) for pid in pids)
     for pid in pids:
         assert await _gone(pid), pid
-    assert os.getpid() > 0
 
 
 @pytest.mark.vastai_sandbox(offers=12, time_scale=0.02, seed=16, shell="emulated")

@@ -147,6 +147,9 @@ async def test_stdin_signals_and_an_interactive_terminal_reach_the_shell(
         trapped.send_signal("INT")
         done = await asyncio.wait_for(trapped.wait(), 10)
         assert (done.stdout, done.exit_status) == ("got INT\n", 7)
+        on_tty = await conn.run("tty; echo $TERM", term_type="xterm")  # as `ssh -t host cmd`
+        device, term = str(on_tty.stdout).split()
+        assert (device.startswith("/dev/"), term) == (True, "xterm")
         process = await conn.create_process(term_type="xterm")
         process.stdin.write("echo $((6*7)); exit 5\n")
         output = await asyncio.wait_for(process.stdout.read(), 10)

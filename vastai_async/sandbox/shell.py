@@ -1,8 +1,9 @@
 """The real shell behind a sandbox instance's SSH sessions: ``/bin/sh`` in its container.
 
-An exec request runs ``/bin/sh -c COMMAND``; a session without a command runs ``/bin/sh -i`` on
-a pseudo-terminal when the client asked for one (``ssh`` typed by hand) and ``/bin/sh`` reading
-its stdin otherwise, as OpenSSH does. stdout and stderr stay separate, stdin is forwarded (EOF
+An exec request runs ``/bin/sh -c COMMAND``; a session without a command runs ``/bin/sh -i``.
+When the client asked for a terminal (``ssh`` typed by hand, ``ssh -t``) they run on a
+pseudo-terminal, otherwise on pipes (a shell without a command then reads its stdin), as
+OpenSSH does. stdout and stderr stay separate, stdin is forwarded (EOF
 included), the exit status (or the signal that ended the command) is reported, signals the
 client sends are delivered to the command's process group, and when the client closes the
 channel before the command ends its process group is killed. As with OpenSSH, the session ends
@@ -37,8 +38,9 @@ _HANGUP_GRACE_S = 0.2
 async def run_session(container: Container, process: asyncssh.SSHServerProcess[bytes]) -> None:
     """Serve one exec or shell session with the real shell of ``container``."""
     command = process.command
-    if command is None and process.get_terminal_type():
-        await _pty_session(container, process)
+    if process.get_terminal_type():
+        # A terminal was asked for (``ssh`` by hand, ``ssh -t``): the command runs on one.
+        await _pty_session(container, process, ("/bin/sh", "-c", command) if command else None)
         return
     argv = ("/bin/sh", "-c", command) if command is not None else ("/bin/sh",)
     proc = await container.spawn(
@@ -148,14 +150,17 @@ def _set_size(fd: int, process: asyncssh.SSHServerProcess[Any]) -> None:
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, width, height))
 
 
-async def _pty_session(container: Container, process: asyncssh.SSHServerProcess[bytes]) -> None:
-    """An interactive ``/bin/sh -i`` on a pseudo-terminal, for a person at a terminal."""
+async def _pty_session(
+    container: Container,
+    process: asyncssh.SSHServerProcess[bytes],
+    argv: tuple[str, ...] | None,
+) -> None:
+    """``argv`` (default: an interactive ``/bin/sh -i``) on a pseudo-terminal."""
     master, slave = pty.openpty()
     _set_size(master, process)
     try:
         proc = await container.spawn(
-            "/bin/sh",
-            "-i",
+            *(argv or ("/bin/sh", "-i")),
             term=process.get_terminal_type(),
             stdin=slave,
             stdout=slave,

@@ -30,6 +30,15 @@ from vastai_async import VastAIService
 from vastai_async.integrations import JobSpec
 from vastai_async.integrations.arq import WorkerOptions, enqueue_gpu_job, worker_settings
 
+#: The default job: real work in python3 on the rented machine (on the sandbox too, which runs
+#: commands with a real shell), reading what Vast.ai tells a container about itself.
+JOB = (
+    'python3 -c "import os, subprocess; '
+    "gpus = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True).stdout; "
+    "print('instance', os.environ.get('CONTAINER_ID'), 'GPUs', gpus.count('GPU '), "
+    "'sum of squares', sum(i * i for i in range(100000)))\""
+)
+
 
 def worker(args: argparse.Namespace) -> None:
     # arq 0.28 closes its pool with redis' deprecated close(); harmless, but not our warning.
@@ -77,10 +86,10 @@ async def enqueue(args: argparse.Namespace) -> None:
         failed = 0
         for job in jobs:
             result = await job.result(timeout=args.wait, poll_delay=0.1)
-            last = result["outputs"][-1]["stdout"].strip() if result["outputs"] else ""
+            said = " | ".join(o["stdout"].strip() for o in result["outputs"])
             status = "ok" if result["ok"] else f"FAILED: {result['error']['message']}"
             failed += not result["ok"]
-            print(f"  {result['job_id']}: {status} (worker {result['owner']}): {last}")
+            print(f"  {result['job_id']}: {status} (worker {result['owner']}): {said}")
         if failed:
             raise SystemExit(1)
     finally:
@@ -110,7 +119,9 @@ if __name__ == "__main__":
     w.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     e = sub.add_parser("enqueue", help="enqueue jobs and print their results")
     e.add_argument("--jobs", type=int, default=4, help="number of jobs")
-    e.add_argument("--command", default="nvidia-smi -L", help="first command of each job")
+    e.add_argument(
+        "--command", default=JOB, help="first command of each job (default: a python3 job)"
+    )
     e.add_argument("--prefix", default="arq-demo", help="job id prefix (also the arq job id)")
     e.add_argument("--wait", type=float, default=3600.0, help="seconds to wait for results")
     arguments = parser.parse_args()

@@ -54,7 +54,7 @@ from vastai_async.provisioning import ProbeOutcome, Race, new_race_id
 from vastai_async.query import OfferQuery
 from vastai_async.rental import Rental, RentalOwner
 from vastai_async.session import RetryPolicy, VastAISession
-from vastai_async.ssh import load_client_key, probe
+from vastai_async.ssh import SSHLoginTimeoutError, load_client_key, probe, wait_for_login
 from vastai_async.timings import Timings
 
 __all__ = ["VastAIService"]
@@ -653,40 +653,46 @@ class VastAIService(AsyncComputeProvider):
         parsed = parse_label(inst.label)
         if parsed is None:
             raise NotFoundError(f"instance {instance_id} does not carry a vastai-async label")
+        self._hold_owner_lock()  # it will carry our owner id: a reaper must see us alive
         label = race_label(self.owner, parsed.job_id, new_race_id())
         await self.client.set_label(instance_id, label)
         client_key = self._key()
         pin = await self.known_hosts.aget(instance_id)
-        probe_once = self._make_probe(client_key, self.timings)
-        deadline = time.monotonic() + self.timings.ssh_s
-        last = "no SSH endpoint"
-        while time.monotonic() < deadline:
-            for endpoint in inst.ssh_endpoints():
-                outcome: ProbeOutcome = await probe_once(endpoint)
-                if outcome.ok and outcome.host_key:
-                    if pin is not None and pin.key.split()[:2] != outcome.host_key.split()[:2]:
-                        raise SSHError(
-                            "host key differs from the pinned one", instance_id=instance_id
-                        )
-                    await self.known_hosts.apin(
-                        instance_id, endpoint.host, endpoint.port, outcome.host_key
-                    )
-                    info = RentalInfo(
-                        instance_id=instance_id,
-                        job_id=parsed.job_id,
-                        owner=self.owner,
-                        label=label,
-                        ssh=endpoint,
-                        host_key=outcome.host_key,
-                        created_at=inst.start_date or time.time(),
-                        dph_total=inst.dph_total,
-                        ready_at=time.time(),
-                    )
-                    return self._rental(info, client_key)
-                last = outcome.reason or "failed"
-            await asyncio.sleep(self.timings.probe_pause_s)
-            inst = await self.client.show_instance(instance_id)
-        raise SSHError(f"adopt: no SSH login ({last})", instance_id=instance_id)
+        endpoints = inst.ssh_endpoints()
+        if not endpoints:
+            raise SSHError("adopt: the instance lists no SSH endpoint", instance_id=instance_id)
+        timings = self.timings
+        try:
+            # The same probe-until-login the SDK uses everywhere it proves readiness.
+            res = await wait_for_login(
+                [(e.host, e.port) for e in endpoints],
+                client_key=client_key,
+                deadline=time.monotonic() + timings.ssh_s,
+                pause_s=timings.probe_pause_s,
+                connect_timeout=timings.connect_timeout_s,
+                login_timeout=timings.login_timeout_s,
+                username=endpoints[0].user,
+            )
+        except SSHLoginTimeoutError as err:
+            last = "; ".join(f"{r.port}: {r.reason}" for r in err.results) or "no attempt"
+            raise SSHError(f"adopt: no SSH login ({last})", instance_id=instance_id) from err
+        assert res.host_key is not None
+        if pin is not None and pin.key.split()[:2] != res.host_key.split()[:2]:
+            raise SSHError("host key differs from the pinned one", instance_id=instance_id)
+        endpoint = next(e for e in endpoints if (e.host, e.port) == (res.host, res.port))
+        await self.known_hosts.apin(instance_id, endpoint.host, endpoint.port, res.host_key)
+        info = RentalInfo(
+            instance_id=instance_id,
+            job_id=parsed.job_id,
+            owner=self.owner,
+            label=label,
+            ssh=endpoint,
+            host_key=res.host_key,
+            created_at=inst.start_date or time.time(),
+            dph_total=inst.dph_total,
+            ready_at=time.time(),
+        )
+        return self._rental(info, client_key)
 
     async def list_rentals(
         self, *, job_id: str | None = None, owner: str | None = None, all_owners: bool = False

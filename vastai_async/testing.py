@@ -8,8 +8,9 @@ it pytest runs as before, and a test that asks for a sandbox fixture fails with 
 Fixtures (function scope, working in pytest-asyncio's strict and auto modes):
 
 - ``vastai_sandbox``: a started :class:`~vastai_async.sandbox.Sandbox` (real HTTP and SSH on
-  127.0.0.1). Tune it per test with ``@pytest.mark.vastai_sandbox(offers=20, time_scale=0.02,
-  seed=1, rate_limits=True)``.
+  127.0.0.1). Its instances run commands with a real ``/bin/sh`` (as you, in a folder per
+  instance; ``shell="emulated"`` for built-ins only). Tune it per test with
+  ``@pytest.mark.vastai_sandbox(offers=20, time_scale=0.02, seed=1, rate_limits=True)``.
 - ``vastai_ssh_key``: path of a fresh ed25519 private key (mode 0600; ``.pub`` beside it).
 - ``vastai_config``: a :class:`~vastai_async.VastAIConfig` for that sandbox whose timings and
   pacing run on the sandbox's clock.
@@ -51,7 +52,7 @@ MISSING_ASYNCIO_HINT = (
 )
 
 #: Defaults of the ``vastai_sandbox`` fixture; the marker's keyword arguments override them.
-SANDBOX_DEFAULTS: dict[str, Any] = {"seed": 0, "offers": 30, "time_scale": 0.02}
+SANDBOX_DEFAULTS: dict[str, Any] = {"seed": 0, "offers": 30, "time_scale": 0.02, "shell": "real"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

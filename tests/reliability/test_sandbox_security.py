@@ -62,7 +62,8 @@ async def test_sandbox_listens_on_loopback_only_by_default(
     await rental.terminate()
 
 
-async def test_sandbox_ssh_runs_no_host_commands(
+@pytest.mark.vastai_sandbox(offers=8, time_scale=0.02, seed=51, shell="emulated")  # noqa: S604
+async def test_emulated_sandbox_ssh_runs_no_host_commands(
     vastai_service: VastAIService, vastai_sandbox: Sandbox, tmp_path: Path
 ) -> None:
     victim = tmp_path / "victim"

@@ -35,6 +35,7 @@ async def _serve(
     rate_limits: bool,
     ssh: bool,
     name: str | None,
+    shell: str = "real",
 ) -> None:
     from vastai_async.sandbox import Sandbox
     from vastai_async.sandbox_link import (
@@ -67,6 +68,7 @@ async def _serve(
         port=port,
         rate_limits=rate_limits,
         ssh=ssh,
+        shell="emulated" if shell == "emulated" else "real",
     )
     async with sandbox:
         # Without --name: "default" when free, else named after the port (always unique).
@@ -117,6 +119,14 @@ async def _serve(
     default=None,
     help="Name of its record, for --sandbox-name (default: 'default', or port-PORT if taken).",
 )
+@click.option(
+    "--shell",
+    type=click.Choice(["real", "emulated"]),
+    default="real",
+    show_default=True,
+    help="real: commands run with /bin/sh as you, in a folder per instance; "
+    "emulated: a few built-ins, no process started.",
+)
 def sandbox_cmd(
     host: str,
     port: int,
@@ -127,6 +137,7 @@ def sandbox_cmd(
     no_rate_limits: bool,
     no_ssh: bool,
     name: str | None,
+    shell: str,
 ) -> None:
     """Serve a local Vast.ai (API, market, lifecycle, SSH) until Ctrl-C or SIGTERM.
 
@@ -151,6 +162,7 @@ def sandbox_cmd(
                 rate_limits=not no_rate_limits,
                 ssh=not no_ssh,
                 name=name,
+                shell=shell,
             )
         )
     except OSError as err:

@@ -25,6 +25,7 @@ from vastai_async.sandbox.app import LogStore, RecordedRequest, SandboxState, ma
 from vastai_async.sandbox.app import make_logs_app as _make_logs_app
 from vastai_async.sandbox.billing import Ledger
 from vastai_async.sandbox.clock import SimClock
+from vastai_async.sandbox.container import SHELLS, ShellMode
 from vastai_async.sandbox.faults import FaultPlan, HTTPFault
 from vastai_async.sandbox.lifecycle import BootModel, LifecycleFault, default_boot_distribution
 from vastai_async.sandbox.market import Market
@@ -105,6 +106,12 @@ class Sandbox:
         faults: HTTP faults active from the start (more with :meth:`add_fault`).
         legacy_list: serve the legacy ``GET /api/v0/instances/``; ``False`` answers 410 as
             the real service does for newer accounts.
+        shell: ``"real"`` runs an instance's commands, onstart script and SSH sessions with
+            ``/bin/sh`` in a folder of its own, as the local user on this machine;
+            ``"emulated"`` answers a dozen built-in commands and starts no process.
+
+    Raises:
+        ValueError: ``shell`` is neither ``"real"`` nor ``"emulated"``.
     """
 
     def __init__(
@@ -124,7 +131,11 @@ class Sandbox:
         boot_distribution: Callable[[random.Random], float] = default_boot_distribution,
         faults: Sequence[HTTPFault] = (),
         legacy_list: bool = True,
+        shell: ShellMode = "real",
     ) -> None:
+        if shell not in SHELLS:
+            raise ValueError(f"shell must be one of {', '.join(SHELLS)}; got {shell!r}")
+        self.shell: ShellMode = shell
         self.seed = seed
         self.time_scale = time_scale
         self.api_key = api_key if api_key is not None else secrets.token_hex(32)
@@ -164,6 +175,7 @@ class Sandbox:
             ssh_factory=factory,
             workroot=Path(self._tmp.name),
             seed=self.seed,
+            shell=self.shell,
         )
         self._state = SandboxState(
             cloud=cloud,

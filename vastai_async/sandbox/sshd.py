@@ -4,8 +4,9 @@ Each instance gets its own host key and a proxy port bound at creation. Until th
 connections to the proxy port are accepted and closed at once (a host that is still booting).
 Once started, the same port and a new direct port speak real SSH: user ``root``, public keys only,
 checked at authentication time against the instance's and the account's keys (so keys attached
-later count). Exec requests run a small built-in command set; nothing ever starts a host process.
-SFTP is chrooted to the instance's work folder.
+later count). Sessions run in the instance's container (``container.py``): with ``shell="real"``
+a real ``/bin/sh`` in its folder (``shell.py``), with ``shell="emulated"`` a dozen built-ins that
+never start a host process (``emulated.py``). SFTP is chrooted to the same folder.
 
 We accept connections ourselves (``loop.sock_accept``) and hand each accepted socket to
 ``asyncssh.run_server``: that keeps one listening socket across "booting" and "serving", and lets
@@ -20,11 +21,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import shlex
-import shutil
 import socket
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -32,6 +30,11 @@ from typing import Any, Literal
 
 import asyncssh
 import attrs
+
+from vastai_async.sandbox.container import Container, ShellMode
+from vastai_async.sandbox.emulated import sleep_seconds
+from vastai_async.sandbox.nvidia_smi import gpu_data
+from vastai_async.sandbox.shell import run_session
 
 __all__ = ["InstanceSSHServer", "SSHFaults", "SSHSessionRecord"]
 
@@ -135,12 +138,15 @@ class InstanceSSHServer:
         hostname: what ``hostname`` prints.
         authorized_keys: returns ``(OpenSSH public key line, attached_at epoch)`` pairs; called at
             every authentication, so keys attached later count.
-        env: the instance environment, printed by ``env``.
-        gpu_name: GPU model printed by ``nvidia-smi -L``.
+        env: the caller's environment of the instance (``-p`` keys ask for ports).
+        gpu_name: GPU model ``nvidia-smi`` prints.
         num_gpus: number of GPUs.
-        workdir: the SFTP area; created here, removed by :meth:`stop`.
+        workdir: the instance's folder (SFTP root, shell's home).
         host: address to listen on.
         faults: initial faults (mutable later through :attr:`faults`).
+        shell: ``"real"`` or ``"emulated"`` (see ``container.py``); ignored with ``container``.
+        container: the instance's container, kept by its owner across servers (start, stop,
+            reboot). Without one the server makes its own, and :meth:`stop` removes it.
     """
 
     def __init__(
@@ -155,13 +161,22 @@ class InstanceSSHServer:
         workdir: Path,
         host: str = "127.0.0.1",
         faults: SSHFaults | None = None,
+        shell: ShellMode = "emulated",
+        container: Container | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.hostname = hostname
         self.env = dict(env)
         self.gpu_name = gpu_name
         self.num_gpus = num_gpus
-        self.workdir = Path(workdir)
+        self._owns_container = container is None
+        if container is None:
+            gpus = gpu_data(instance_id=instance_id, gpu_name=gpu_name, num_gpus=num_gpus)
+            container = Container(
+                instance_id=instance_id, workdir=Path(workdir), shell=shell, env=env, gpus=gpus
+            )
+        self.container = container
+        self.workdir = container.workdir
         self.host = host
         self.sessions: list[SSHSessionRecord] = []
         self.proxy_port: int | None = None
@@ -179,6 +194,9 @@ class InstanceSSHServer:
         self._serve_tasks: set[asyncio.Task[None]] = set()
         self._conns: set[asyncssh.SSHServerConnection] = set()
         self._held: set[socket.socket] = set()
+        # Accepted sockets whose task has not started yet: a task cancelled before its first
+        # step never runs its own cleanup, so stop() closes these.
+        self._unclaimed: set[socket.socket] = set()
         self._options: dict[PortKind, asyncssh.SSHServerConnectionOptions] = {}
         self._stopped = False
 
@@ -240,7 +258,7 @@ class InstanceSSHServer:
             return self.proxy_port
         if self._stopped:
             raise RuntimeError("server stopped")
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.container.create)
         self.proxy_port = await self._listen("proxy")
         return self.proxy_port
 
@@ -266,13 +284,18 @@ class InstanceSSHServer:
                 x11_forwarding=False,
                 login_timeout=30.0,
                 keepalive_interval=0,
+                encoding=None,  # commands' bytes pass through unchanged
             )
         self.direct_port = await self._listen("direct")
+        self.container.direct_port = self.direct_port
         self.started_at = time.time()
         return self.direct_port
 
     async def stop(self) -> None:
-        """Close both listeners and every connection, remove the work folder. Idempotent."""
+        """Close listeners and connections, kill the commands; remove an own container.
+
+        Idempotent. A container passed in is left for its owner to remove.
+        """
         if not self._stopped:
             self._latch_ready()
             self._stopped_at = time.time()
@@ -294,13 +317,18 @@ class InstanceSSHServer:
         for conn in list(self._conns):
             conn.abort()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for unclaimed in self._unclaimed:
+            unclaimed.close()
+        self._unclaimed.clear()
         for conn in list(self._conns):
             with contextlib.suppress(Exception):
                 await conn.wait_closed()
         self._conns.clear()
         self._accept_tasks.clear()
         self._listeners.clear()
-        await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+        await self.container.kill_all()
+        if self._owns_container:
+            await asyncio.to_thread(self.container.remove)
 
     # -- authentication -------------------------------------------------------------------------
 
@@ -435,10 +463,12 @@ class InstanceSSHServer:
     def _dispatch(self, conn_sock: socket.socket, kind: PortKind) -> None:
         f = self._faults
         if self._stopped or self.started_at is None or f.refuse:
+            self._unclaimed.add(conn_sock)
             self._track(self._close_gracefully(conn_sock))
         elif f.hang_before_banner or (kind == "direct" and f.firewall_direct):
             self._held.add(conn_sock)
         else:
+            self._unclaimed.add(conn_sock)
             self._track(self._serve(conn_sock, kind))
 
     def _track(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -450,6 +480,7 @@ class InstanceSSHServer:
         # Send FIN at once, then drain what the client sends until it closes: a plain close()
         # with its version line unread would send RST, and the client would see "reset" or
         # "closed" by chance. A booting host that closes is always "closed" this way.
+        self._unclaimed.discard(conn_sock)
         loop = asyncio.get_running_loop()
         try:
             conn_sock.shutdown(socket.SHUT_WR)
@@ -462,6 +493,7 @@ class InstanceSSHServer:
             conn_sock.close()
 
     async def _serve(self, conn_sock: socket.socket, kind: PortKind) -> None:
+        self._unclaimed.discard(conn_sock)
         try:
             conn = await asyncssh.run_server(conn_sock, options=self._options[kind])
         except (asyncssh.Error, OSError, TimeoutError) as err:
@@ -499,113 +531,53 @@ class InstanceSSHServer:
         self._record(chan, "sftp", None)
         return asyncssh.SFTPServer(chan, chroot=os.fsencode(self.workdir))
 
-    async def _handle_process(self, process: asyncssh.SSHServerProcess[str]) -> None:
+    async def _handle_process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         command = process.command
         self._record(process.channel, "shell" if command is None else "exec", command)
         try:
-            if command is None:
-                await self._shell(process)
-                return
-            if command.split(maxsplit=1)[:1] == ["sleep"]:
-                # Lets tests exercise command timeouts; an asyncio wait, never a host process.
-                # Ends early when the client closes the channel, so nothing lingers.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(_sleep_seconds(command), 0.0)):
-                        await process.wait_closed()
-            out, err, status = self._run_builtin(command)
-            process.stdout.write(out)
-            process.stderr.write(err)
-            process.exit(status)
-        except (asyncssh.Error, OSError, BrokenPipeError):
+            if self.container.shell == "real":
+                await run_session(self.container, process)
+            elif command is None:
+                await self._emulated_shell(process)
+            else:
+                await self._emulated_exec(process, command)
+        except (asyncssh.Error, OSError):
             process.close()
 
-    async def _shell(self, process: asyncssh.SSHServerProcess[str]) -> None:
+    async def _emulated_exec(self, process: asyncssh.SSHServerProcess[bytes], command: str) -> None:
+        if command.split(maxsplit=1)[:1] == ["sleep"]:
+            # Lets tests exercise command timeouts; an asyncio wait, never a host process.
+            # Ends early when the client closes the channel, so nothing lingers.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(sleep_seconds(command), 0.0)):
+                    await process.wait_closed()
+        out, err, status = self.container.emulated().run(command)
+        process.stdout.write(out.encode())
+        process.stderr.write(err.encode())
+        process.exit(status)
+
+    async def _emulated_shell(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         # A minimal line shell over the same built-ins, so `ssh root@...` by hand is usable.
-        prompt = f"root@{self.hostname}:~# "
+        shell = self.container.emulated()
+        prompt = f"root@{self.hostname}:~# ".encode()
         newline = "\r\n" if process.get_terminal_type() else "\n"
         process.stdout.write(prompt)
-        async for line in process.stdin:
-            out, err, status = self._run_builtin(line.strip())
-            process.stdout.write(out.replace("\n", newline))
-            process.stderr.write(err.replace("\n", newline))
-            if line.strip().split(maxsplit=1)[:1] == ["exit"]:
+        async for raw in process.stdin:
+            line = raw.decode(errors="replace").strip()
+            out, err, status = shell.run(line)
+            process.stdout.write(out.replace("\n", newline).encode())
+            process.stderr.write(err.replace("\n", newline).encode())
+            if line.split(maxsplit=1)[:1] == ["exit"]:
                 process.exit(status)
                 return
             process.stdout.write(prompt)
         process.exit(0)
-
-    def _run_builtin(self, command: str) -> tuple[str, str, int]:
-        """Run one built-in command line; returns (stdout, stderr, exit status)."""
-        try:
-            argv = shlex.split(command)
-        except ValueError as err:
-            return "", f"sh: syntax error: {err}\n", 2
-        if not argv:
-            return "", "", 0
-        name, args = argv[0], argv[1:]
-        if name in ("true", ":"):
-            return "", "", 0
-        if name == "sleep":
-            if len(args) == 1 and _sleep_seconds(command) >= 0:
-                return "", "", 0
-            return "", "sleep: invalid time interval\n", 1
-        if name == "false":
-            return "", "", 1
-        if name == "echo":
-            return " ".join(args) + "\n", "", 0
-        if name == "hostname":
-            return self.hostname + "\n", "", 0
-        if name == "uname":
-            if args == ["-a"]:
-                line = f"Linux {self.hostname} 5.15.0-sandbox #1 SMP x86_64 x86_64 x86_64 GNU/Linux"
-                return line + "\n", "", 0
-            return "Linux\n", "", 0
-        if name == "nvidia-smi" and args == ["-L"]:
-            return self._gpu_list(), "", 0
-        if name == "env" and not args:
-            return "".join(f"{k}={v}\n" for k, v in self.env.items()), "", 0
-        if name == "cat":
-            return self._cat(args)
-        if name == "exit":
-            try:
-                return "", "", int(args[0]) & 0xFF if args else 0
-            except ValueError:
-                return "", f"exit: {args[0]}: numeric argument required\n", 2
-        return "", f"{name}: command not found\n", 127
-
-    def _gpu_list(self) -> str:
-        lines = []
-        for i in range(self.num_gpus):
-            gpu_uuid = uuid.uuid5(uuid.NAMESPACE_URL, f"vastai-sandbox:{self.instance_id}:gpu{i}")
-            lines.append(f"GPU {i}: {self.gpu_name} (UUID: GPU-{gpu_uuid})\n")
-        return "".join(lines)
-
-    def _cat(self, args: list[str]) -> tuple[str, str, int]:
-        root = self.workdir.resolve()
-        out: list[str] = []
-        err: list[str] = []
-        for arg in args:
-            # Paths resolve inside the SFTP area, as SFTP's chroot sees them.
-            path = (root / arg.lstrip("/")).resolve()
-            if not path.is_relative_to(root) or not path.is_file():
-                err.append(f"cat: {arg}: No such file or directory\n")
-                continue
-            out.append(path.read_text(errors="replace"))
-        return "".join(out), "".join(err), 1 if err else 0
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
     """Reader callback of ``_accept``: the listener is readable."""
     if not future.done():
         future.set_result(None)
-
-
-def _sleep_seconds(command: str) -> float:
-    """Seconds asked by ``sleep N`` (-1 when unreadable); capped so a test cannot wedge a loop."""
-    try:
-        return min(float(command.split()[1]), 3600.0)
-    except (IndexError, ValueError):
-        return -1.0
 
 
 class _ConnectionHandler(asyncssh.SSHServer):

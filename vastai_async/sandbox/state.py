@@ -2,7 +2,10 @@
 
 Each instance has one asyncio task driving it through its states on the simulated clock; the
 task is cancelled on stop, destroy and close. The instance's SSH server (``sshd.py``) is bound at
-creation (proxy port), started when it runs (direct port) and stopped when it stops or dies.
+creation (proxy port), started when it runs (direct port) and stopped when it stops or dies. Its
+container (``container.py``: folder, environment, mapped ports, processes) is made at creation,
+runs the onstart script each time the instance reaches running (output into the instance's log),
+has its processes killed whenever the instance stops, and is removed when it is destroyed.
 Instance JSON is built here from the sandbox's own state, never from the SDK's models.
 """
 
@@ -21,8 +24,10 @@ import attrs
 
 from vastai_async.sandbox.billing import Ledger
 from vastai_async.sandbox.clock import SimClock
+from vastai_async.sandbox.container import Container, ShellMode
 from vastai_async.sandbox.lifecycle import OCI_ERROR, BootModel, LifecycleFault
 from vastai_async.sandbox.market import Market
+from vastai_async.sandbox.nvidia_smi import gpu_data
 from vastai_async.sandbox.views import instance_json
 
 __all__ = ["Cloud", "Instance", "SSHServerLike"]
@@ -75,6 +80,8 @@ class Instance:
     server: SSHServerLike | None = None
     task: asyncio.Task[None] | None = None
     workdir: Path | None = None
+    container: Container | None = None
+    port_map: dict[str, int] = attrs.field(factory=dict)  # "8080/tcp" -> host port
 
 
 class Cloud:
@@ -89,6 +96,7 @@ class Cloud:
             ``InstanceSSHServer``).
         workroot: folder holding each instance's SFTP area.
         seed: seeds instance ids and keys.
+        shell: ``"real"`` or ``"emulated"``: what runs an instance's commands.
     """
 
     def __init__(
@@ -101,6 +109,7 @@ class Cloud:
         ssh_factory: SSHFactory,
         workroot: Path,
         seed: int,
+        shell: ShellMode = "emulated",
     ) -> None:
         self.market = market
         self.clock = clock
@@ -108,6 +117,7 @@ class Cloud:
         self.boot = boot
         self.ssh_factory = ssh_factory
         self.workroot = workroot
+        self.shell: ShellMode = shell
         self.instances: dict[int, Instance] = {}
         self.account_keys: dict[int, tuple[str, float]] = {}
         self.lifecycle_faults: dict[int, LifecycleFault] = {}  # by offer id or machine id
@@ -161,6 +171,8 @@ class Cloud:
             fault=self._take_fault(offer_id, offer.machine_id),
         )
         self.instances[iid] = inst
+        inst.container = self._new_container(inst)
+        inst.port_map = dict(inst.container.ports)
         self.ledger.open(
             instance_id=iid,
             offer_id=offer_id,
@@ -193,6 +205,8 @@ class Cloud:
         if inst is None:
             return False
         await self._halt(inst)
+        if inst.container is not None:
+            await asyncio.to_thread(inst.container.remove)
         self.ledger.close(iid, self.clock.now())
         self.market.release(inst.machine_id, iid)
         return True
@@ -201,6 +215,8 @@ class Cloud:
         """Stop every task and server (the sandbox is shutting down); billing stops too."""
         for inst in list(self.instances.values()):
             await self._halt(inst)
+            if inst.container is not None:
+                await asyncio.to_thread(inst.container.remove)
             self.ledger.set_running(inst.id, False, self.clock.now())
 
     # --- state changes -------------------------------------------------------------------------
@@ -271,6 +287,7 @@ class Cloud:
             inst.status_msg = "success, running " + inst.image
             self.ledger.set_running(inst.id, True, self.clock.now())
             self._note(inst, "running")
+            self._run_onstart(inst)
             await self._after_running(inst)
         except asyncio.CancelledError:
             raise
@@ -330,12 +347,51 @@ class Cloud:
                 await server.stop()
             except Exception:
                 logger.exception("sandbox ssh server of %s failed to stop", inst.id)
+        if inst.container is not None:
+            # Whatever the instance started dies with it (a stopped container runs nothing).
+            await inst.container.kill_all()
+
+    def _new_container(self, inst: Instance) -> Container:
+        offer = inst.offer
+        gpus = gpu_data(
+            instance_id=inst.id,
+            gpu_name=str(offer["gpu_name"]),
+            num_gpus=int(offer["num_gpus"]),
+            memory_mib=int(offer.get("gpu_ram") or 24564),
+            driver_version=str(offer.get("driver_version") or "550.54.15"),
+            cuda_version=str(offer.get("cuda_max_good") or "12.4"),
+        )
+        return Container(
+            instance_id=inst.id,
+            workdir=self.workroot / str(inst.id),
+            shell=self.shell,
+            env=inst.env,
+            gpus=gpus,
+        )
+
+    def _run_onstart(self, inst: Instance) -> None:
+        container = inst.container
+        if not inst.onstart or container is None:
+            return
+        if container.direct_port is None:
+            container.direct_port = inst.direct_port  # an SSH-less sandbox still names port 22
+        self._note(inst, "running onstart")
+
+        def finished(status: int) -> None:
+            if status == 0:
+                self._note(inst, "onstart finished (exit status 0)")
+            elif status < 0:
+                self._note(inst, f"onstart killed by signal {-status}")
+            else:
+                self._note(inst, f"onstart failed: exit status {status}")
+
+        container.start_onstart(inst.onstart, on_line=inst.log.append, on_exit=finished)
 
     async def _new_server(self, inst: Instance) -> None:
         workdir = self.workroot / str(inst.id)
         inst.workdir = workdir
         env = {k: v for k, v in inst.env.items() if not k.startswith("-")}
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"container": inst.container}
         faults = self.ssh_faults.get(inst.offer_id, self.ssh_faults.get(inst.machine_id))
         if faults is not None:
             # A copy per server: one instance's fault changes must not leak into the next.

@@ -89,7 +89,12 @@ def instance_json(inst: Instance) -> dict[str, Any]:
     storage_dph = float(o["storage_cost"]) * inst.disk_gb / HOURS_PER_MONTH
     running = inst.actual_status == "running" and inst.direct_port is not None
     ports = (
-        {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(inst.direct_port)}]} if running else None
+        {
+            f"{spec}": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]
+            for spec, port in {"22/tcp": inst.direct_port, **inst.port_map}.items()
+        }
+        if running
+        else None
     )
     row: dict[str, Any] = {k: o.get(k) for k in _FROM_OFFER}
     row.update(

@@ -104,15 +104,24 @@ HARNESS: dict[str, Harness] = {
     "getting-started.md#2": Harness(kind="script"),
     "index.md#1": Harness(kind="script"),
     "provisioning.md#1": Harness(kind="async"),
-    "provisioning.md#2": Harness(kind="async", prelude=SERVICE, postlude=CLOSE_SERVICE),
-    "provisioning.md#3": Harness(
+    "provisioning.md#2": Harness(
+        kind="script",
+        # The block defines the coroutine; the harness runs it against the sandbox.
+        postlude=(
+            "import asyncio\nfrom vastai_async import get_vastai_config\n"
+            "asyncio.run(many_jobs(get_vastai_config()))"
+        ),
+    ),
+    "provisioning.md#3": Harness(kind="async", prelude=SERVICE, postlude=CLOSE_SERVICE),
+    "provisioning.md#4": Harness(
         kind="async",
         prelude=SERVICE,
         postlude="await rental.terminate()\n" + CLOSE_SERVICE,
     ),
     "sandbox.md#1": Harness(kind="pytest", sandbox_env=False),
     "sandbox.md#2": Harness(kind="pytest", sandbox_env=False),
-    "sandbox.md#3": Harness(
+    "sandbox.md#3": Harness(kind="pytest", sandbox_env=False),
+    "sandbox.md#4": Harness(
         kind="async",
         prelude=SANDBOX_CONTROLS,
         postlude="await sb.__aexit__(None, None, None)",

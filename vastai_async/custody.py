@@ -390,6 +390,7 @@ class Custody:
         lot.live.discard(instance_id)
 
     async def _wait(self, lot: Lot, budget_s: float, *, what: str) -> None:
+        lot.error = None  # only a failure seen while this call waits ends it early
         try:
             async with asyncio.timeout(budget_s):
                 await self._until(lambda: lot.resolved or lot.error is not None)

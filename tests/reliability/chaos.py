@@ -137,7 +137,11 @@ def storm_table(storms: list[StormOutcome]) -> str:
         ("cancelled", sum(s.cancelled for s in storms)),
         ("untyped failures", sum(len(s.untyped) for s in storms)),
         ("instances alive after close", sum(len(s.leaked) for s in storms)),
-        ("of them named by no TeardownError", sum(len(s.unnamed) for s in storms)),
+        (
+            "of them named only by custody's WARNING (label + reap command)",
+            sum(len(s.warned) for s in storms),
+        ),
+        ("of them named by nothing", sum(len(s.unnamed) for s in storms)),
     ]
     lines = ["| storm measure | value |", "|---|---:|"]
     lines += [f"| {name} | {value} |" for name, value in rows]

@@ -113,7 +113,8 @@ async def test_boot_latency_is_exact_on_the_scaled_clock(
     ]
     await sb.wait_status(iid, "running", within_s=5)
     elapsed = sb.clock.now() - t0
-    assert 50.0 <= elapsed < 50.0 + 0.05 / SCALE  # at most 50 ms of loop lag
+    # Never early; late by at most 0.5 s of loop lag (a saturated machine's, not a speed bound).
+    assert 50.0 <= elapsed < 50.0 + 0.5 / SCALE
 
 
 async def test_stop_start_reboot(sb: Sandbox, http: aiohttp.ClientSession) -> None:

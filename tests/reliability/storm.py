@@ -13,7 +13,9 @@ is reported separately.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -139,6 +141,8 @@ async def _storm(seed: int, key_path: Path, state_dir: Path, warnings: _Warnings
         named = {i for r in [*results, close_error] if isinstance(r, TeardownError)
                  for i in r.instance_ids}  # fmt: skip
         warned = {i for i in alive - named if sb.instance(i).label in warnings.labels}
+        if alive - named - warned and (dump := os.environ.get("STORM_DEBUG")):
+            _dump(Path(dump), sb, alive - named - warned)
         if alive:
             sb.faults.clear()
             async with VastAIService(config=config) as cleaner:
@@ -167,3 +171,20 @@ async def _one(vast: VastAIService, job_id: str, offers: list[Any], fan_out: int
     async with rental:
         pass
     return "success"
+
+
+def _dump(path: Path, sb: Sandbox, ids: set[int]) -> None:
+    # Diagnostics for an unnamed leak: the instance's log, label, and every request about it.
+    with path.open("a") as out:
+        for iid in sorted(ids):
+            inst = sb.instance(iid)
+            label = inst.label or ""
+            related = [
+                {"route": r.route, "path": r.path, "at": r.at, "status": r.status,
+                 "body": r.body[:300]}
+                for r in sb.requests
+                if str(iid) in r.path or str(iid) in r.body or (label and label in r.body)
+                or (label and label in json.dumps(r.query))
+            ]  # fmt: skip
+            record = {"id": iid, "label": label, "offer": inst.offer_id, "log": inst.log}
+            out.write(json.dumps({**record, "requests": related}, default=str) + "\n")

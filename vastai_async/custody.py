@@ -391,6 +391,13 @@ class Custody:
 
     async def _wait(self, lot: Lot, budget_s: float, *, what: str) -> None:
         lot.error = None  # only a failure seen while this call waits ends it early
+        if self._closed and not lot.resolved:
+            # The service closed (its HTTP session too): nothing can be destroyed any more.
+            raise TeardownError(
+                f"{what}: the service is closed, nothing can be destroyed",
+                instance_ids=sorted(lot.pending),
+                labels=lot.unresolved_labels(time.monotonic()),
+            )
         try:
             async with asyncio.timeout(budget_s):
                 await self._until(lambda: lot.resolved or lot.error is not None)

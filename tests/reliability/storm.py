@@ -108,7 +108,12 @@ async def _storm(seed: int, key_path: Path, state_dir: Path, warnings: _Warnings
         results: list[Any] = []
         close_error: BaseException | None = None
         try:
-            async with VastAIService(config=config, timings=timings) as vast:
+            events: dict[str, list[str]] = {}
+
+            def record(event: Any) -> None:
+                events.setdefault(event.job_id, []).append(f"{time.time():.3f} {event!r}")
+
+            async with VastAIService(config=config, timings=timings, on_event=record) as vast:
                 offers = await vast.search_offers()
                 tasks = [
                     asyncio.create_task(_one(vast, f"s{seed}-{i}", offers, rng.randint(1, 3)))
@@ -142,7 +147,8 @@ async def _storm(seed: int, key_path: Path, state_dir: Path, warnings: _Warnings
                  for i in r.instance_ids}  # fmt: skip
         warned = {i for i in alive - named if sb.instance(i).label in warnings.labels}
         if alive - named - warned and (dump := os.environ.get("STORM_DEBUG")):
-            _dump(Path(dump), sb, alive - named - warned)
+            jobs = {f"s{seed}-{i}": r for i, r in enumerate(results)}
+            _dump(Path(dump), sb, alive - named - warned, events, jobs)
         if alive:
             sb.faults.clear()
             async with VastAIService(config=config) as cleaner:
@@ -173,7 +179,13 @@ async def _one(vast: VastAIService, job_id: str, offers: list[Any], fan_out: int
     return "success"
 
 
-def _dump(path: Path, sb: Sandbox, ids: set[int]) -> None:
+def _dump(
+    path: Path,
+    sb: Sandbox,
+    ids: set[int],
+    events: dict[str, list[str]],
+    results: dict[str, Any],
+) -> None:
     # Diagnostics for an unnamed leak: the instance's log, label, and every request about it.
     with path.open("a") as out:
         for iid in sorted(ids):
@@ -186,5 +198,13 @@ def _dump(path: Path, sb: Sandbox, ids: set[int]) -> None:
                 if str(iid) in r.path or str(iid) in r.body or (label and label in r.body)
                 or (label and label in json.dumps(r.query))
             ]  # fmt: skip
-            record = {"id": iid, "label": label, "offer": inst.offer_id, "log": inst.log}
+            job = label.split(":")[2] if label.count(":") >= 3 else ""
+            record = {
+                "id": iid,
+                "label": label,
+                "offer": inst.offer_id,
+                "log": inst.log,
+                "result": repr(results.get(job)),
+                "events": events.get(job, []),
+            }
             out.write(json.dumps({**record, "requests": related}, default=str) + "\n")

@@ -161,3 +161,14 @@ async def test_the_kept_winner_is_not_destroyed_and_a_second_settle_destroys_it(
     await c.settle(lot, keep=None, budget_s=1.0)  # cancelled after the win
     assert cloud.alive == {}
     await c.close()
+
+
+async def test_after_close_a_destroy_fails_at_once_naming_the_instance() -> None:
+    cloud = FakeCloud()
+    c = custody(cloud)
+    await c.drain(1.0)
+    await c.close()
+    cloud.alive[9] = None
+    with pytest.raises(TeardownError, match="closed") as info:
+        await c.destroy([9], budget_s=30.0, reason="terminate")
+    assert info.value.instance_ids == (9,)

@@ -406,6 +406,9 @@ class Race:
                             self._probe_loop(cand, endpoint, win),
                             name=f"probe-{instance_id}-{endpoint.kind}",
                         )
+                if probers:
+                    # The probes find the login: the status is now listed at the slower tick.
+                    self._poller.slow_down(instance_id, timings.probing_poll_interval_s)
         finally:
             for prober in probers.values():
                 prober.cancel()

@@ -137,16 +137,22 @@ class InstancePoller:
             self._task = None
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
         while True:
             if not self._watched:
                 self._wake.clear()
                 await self._wake.wait()
+                next_at = loop.time()
                 continue
             self.wakes += 1
             ids = self._due()
             if ids:
                 await self._tick(ids)
-            await asyncio.sleep(self._interval_s)
+            # Fixed-rate ticks: a slow listing (paced, retried) does not stretch the cadence;
+            # a tick that overran its slot is followed at once, never by a burst.
+            next_at = max(next_at + self._interval_s, loop.time())
+            await asyncio.sleep(next_at - loop.time())
 
     async def _tick(self, ids: list[int]) -> None:
         try:

@@ -156,6 +156,7 @@ class Race:
         self._boot_times = boot_times if boot_times is not None else BootTimes()
         self._target = fan_out if hedge is None else min(hedge.start, fan_out)
         self._hedged_for: set[int] = set()
+        self._booted: set[int] = set()  # candidates whose boot time was recorded
 
     # -- public ---------------------------------------------------------------------------
 
@@ -242,6 +243,7 @@ class Race:
                     exc = task.exception()
                     if exc is None:
                         self._winner = win = task.result()
+                        self._observe_boot(cand)  # a login proves it booted (an upper bound)
                         assert cand.instance_id is not None
                         assert cand.created_monotonic is not None
                         await self._emit(
@@ -265,6 +267,12 @@ class Race:
                 await asyncio.gather(*running, return_exceptions=True)
             for cand in running.values():
                 self._record(cand, "lost", "another candidate won or the race ended")
+
+    def _observe_boot(self, cand: _Candidate) -> None:
+        iid, created = cand.instance_id, cand.created_monotonic
+        if iid is not None and created is not None and iid not in self._booted:
+            self._booted.add(iid)
+            self._boot_times.observe(time.monotonic() - created)
 
     async def _maybe_hedge(self, running: Iterable[_Candidate]) -> None:
         # Hedging: one more candidate for each one in flight that is late (not running yet
@@ -458,8 +466,8 @@ class Race:
         assert cand.instance_id is not None
         if snap.actual_status != cand.last_status:
             old, cand.last_status = cand.last_status, snap.actual_status
-            if snap.is_running() and cand.created_monotonic is not None:
-                self._boot_times.observe(time.monotonic() - cand.created_monotonic)
+            if snap.is_running():
+                self._observe_boot(cand)
             await self._emit(
                 StatusChanged,
                 instance_id=cand.instance_id,

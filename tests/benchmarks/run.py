@@ -2,7 +2,7 @@
 
 ``python -m tests.benchmarks.run --out bench-results.json --markdown docs/benchmarks.md
 --plot docs/img/benchmarks.png`` (what ``nox -s bench`` runs). Sizes are chosen so the whole run
-takes well under 10 minutes on 2 cores; ``--quick`` shrinks them for a smoke run. Method and
+takes about 15 minutes on 2 cores; ``--quick`` shrinks them for a smoke run. Method and
 sizes: docs/benchmarks.md.
 """
 

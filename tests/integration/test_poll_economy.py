@@ -76,10 +76,17 @@ async def test_probing_candidates_are_listed_every_fourth_tick_together(
     assert any(isinstance(e, ProbeAttempt) for e in events)
     # ~30 ticks passed while the first machine booted; listing every tick would cost as many.
     assert wakes >= 20
-    # At most the first listing of each candidate (made at the tick after its create), then one
-    # listing every 4th tick for all four together.
-    assert len(listings) <= 2 + wakes // 4
-    assert all(len(ids) == 4 for ids in listings[2:])
+    # First listings until every candidate was seen once (usually two: the first candidate is
+    # listed as the poller wakes, the others a tick later); from then on one listing every 4th
+    # tick for all four together (one more allowed for a slow-down processed after a tick).
+    covered: set[int] = set()
+    first = 0
+    while len(covered) < 4:
+        covered |= set(listings[first])
+        first += 1
+    later = listings[first:]
+    assert len(later) <= wakes // 4 + 1
+    assert sum(len(ids) == 4 for ids in later) >= len(later) - 1
 
 
 async def test_without_the_slower_tick_every_tick_lists(

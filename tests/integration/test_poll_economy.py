@@ -98,4 +98,4 @@ async def test_without_the_slower_tick_every_tick_lists(
         vastai_sandbox.set_boot_latency(offer.id, boot_s)
     listings, wakes, _ = await _race(vastai_config, vastai_sandbox, offers, 1)
     assert wakes >= 20
-    assert len(listings) >= wakes - 1
+    assert len(listings) >= wakes - 2  # a tick may fall between the win and the unwatch

@@ -87,7 +87,7 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Sandbox benchmarks (< 10 min on 2 cores): bench-results.json, docs table, plot."""
+    """Sandbox benchmarks (about 15 min on 2 cores): bench-results.json, docs tables, plot."""
     session.install("-e", ".[bench]")
     # The official client gets its own venv (/tmp/vastai-bench-venv), built by the benchmark.
     session.run(

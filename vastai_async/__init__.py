@@ -74,6 +74,11 @@ if TYPE_CHECKING:
         StatusChanged,
         WinnerChosen,
     )
+    from vastai_async.hedging import (
+        BootTimes,
+        Hedged,
+        HedgePolicy,
+    )
     from vastai_async.models import (
         CreateInstanceRequest,
         CreateInstanceResponse,
@@ -121,6 +126,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "AsyncComputeProvider": "vastai_async.provider",
     "AttemptRecord": "vastai_async.provisioning",
+    "BootTimes": "vastai_async.hedging",
     "CandidateChosen": "vastai_async.events",
     "CandidateFailed": "vastai_async.events",
     "CommandResult": "vastai_async.ssh",
@@ -129,6 +135,8 @@ _LAZY: dict[str, str] = {
     "CreateInstanceResponse": "vastai_async.models",
     "Event": "vastai_async.events",
     "EventCallback": "vastai_async.events",
+    "HedgePolicy": "vastai_async.hedging",
+    "Hedged": "vastai_async.hedging",
     "Instance": "vastai_async.models",
     "InstanceCreated": "vastai_async.events",
     "InstanceDestroyed": "vastai_async.events",
@@ -185,6 +193,7 @@ __all__ = [
     "AttemptRecord",
     "AuthenticationError",
     "BadRequestError",
+    "BootTimes",
     "CandidateChosen",
     "CandidateFailed",
     "CommandResult",
@@ -196,6 +205,8 @@ __all__ = [
     "Event",
     "EventCallback",
     "GoneError",
+    "HedgePolicy",
+    "Hedged",
     "HostKeyMismatchError",
     "Instance",
     "InstanceCreated",

@@ -57,6 +57,7 @@ from vastai_async.events import (
     StatusChanged,
     WinnerChosen,
 )
+from vastai_async.hedging import BootTimes, Hedged, HedgePolicy
 from vastai_async.models import (
     CreateInstanceRequest,
     Instance,
@@ -100,6 +101,9 @@ class Race:
         max_spend_usd: stop when accrued spend would pass this.
         claim: called with an offer; ``False`` when another race of this service holds it.
         release: called with every offer the race claimed, when it ends.
+        hedge: start ``hedge.start`` candidates and add one (up to ``fan_out``) whenever one in
+            flight is late (:mod:`vastai_async.hedging`); ``None`` starts ``fan_out`` at once.
+        boot_times: where observed boot times are recorded (the service's, shared by races).
     """
 
     def __init__(
@@ -122,6 +126,8 @@ class Race:
         claim: Callable[[Offer], bool] = lambda offer: True,
         release: Callable[[Offer], None] = lambda offer: None,
         logger: logging.Logger | None = None,
+        hedge: HedgePolicy | None = None,
+        boot_times: BootTimes | None = None,
     ) -> None:
         self._client = client
         self._custody = custody
@@ -146,6 +152,11 @@ class Race:
         self._created: dict[int, _Candidate] = {}
         self._attempts: list[AttemptRecord] = []
         self._winner: _Win | None = None
+        self._hedge = hedge
+        self._boot_times = boot_times if boot_times is not None else BootTimes()
+        self._target = fan_out if hedge is None else min(hedge.start, fan_out)
+        self._hedged_for: set[int] = set()
+        self._booted: set[int] = set()  # candidates whose boot time was recorded
 
     # -- public ---------------------------------------------------------------------------
 
@@ -204,7 +215,7 @@ class Race:
         running: dict[asyncio.Task[_Win], _Candidate] = {}
         try:
             while True:
-                while len(running) < self._fan_out and reserves:
+                while len(running) < self._target and reserves:
                     offer = reserves.popleft()
                     if not self._claim(offer):
                         self._record_offer(offer, "not_created", "claimed by another race")
@@ -232,6 +243,7 @@ class Race:
                     exc = task.exception()
                     if exc is None:
                         self._winner = win = task.result()
+                        self._observe_boot(cand)  # a login proves it booted (an upper bound)
                         assert cand.instance_id is not None
                         assert cand.created_monotonic is not None
                         await self._emit(
@@ -246,6 +258,8 @@ class Race:
                         return win
                     await self._candidate_ended(cand, exc)
                 self._check_spend()
+                if reserves:
+                    await self._maybe_hedge(running.values())
         finally:
             for task in running:
                 task.cancel()
@@ -253,6 +267,39 @@ class Race:
                 await asyncio.gather(*running, return_exceptions=True)
             for cand in running.values():
                 self._record(cand, "lost", "another candidate won or the race ended")
+
+    def _observe_boot(self, cand: _Candidate) -> None:
+        iid, created = cand.instance_id, cand.created_monotonic
+        if iid is not None and created is not None and iid not in self._booted:
+            self._booted.add(iid)
+            self._boot_times.observe(time.monotonic() - created)
+
+    async def _maybe_hedge(self, running: Iterable[_Candidate]) -> None:
+        # Hedging: one more candidate for each one in flight that is late (not running yet
+        # past the delay derived from observed boot times), up to fan_out.
+        if self._hedge is None or self._target >= self._fan_out:
+            return
+        delay, basis = self._hedge.delay(self._boot_times)
+        now = time.monotonic()
+        for cand in list(running):
+            iid, created = cand.instance_id, cand.created_monotonic
+            if iid is None or created is None or iid in self._hedged_for:
+                continue
+            if cand.last_status == "running" or now - created < delay:
+                continue
+            self._hedged_for.add(iid)
+            self._target += 1
+            await self._emit(
+                Hedged,
+                late_instance_id=iid,
+                late_offer_id=cand.offer.id,
+                age_s=now - created,
+                delay_s=delay,
+                basis=basis,
+                in_flight=self._target,
+            )
+            if self._target >= self._fan_out:
+                return
 
     def _distinct_offers(self) -> Iterable[Offer]:
         seen_machines: set[int] = set()
@@ -406,6 +453,9 @@ class Race:
                             self._probe_loop(cand, endpoint, win),
                             name=f"probe-{instance_id}-{endpoint.kind}",
                         )
+                if probers:
+                    # The probes find the login: the status is now listed at the slower tick.
+                    self._poller.slow_down(instance_id, timings.probing_poll_interval_s)
         finally:
             for prober in probers.values():
                 prober.cancel()
@@ -416,6 +466,8 @@ class Race:
         assert cand.instance_id is not None
         if snap.actual_status != cand.last_status:
             old, cand.last_status = cand.last_status, snap.actual_status
+            if snap.is_running():
+                self._observe_boot(cand)
             await self._emit(
                 StatusChanged,
                 instance_id=cand.instance_id,

@@ -46,6 +46,7 @@ from vastai_async.errors import (
     SSHError,
 )
 from vastai_async.events import EventCallback, EventEmitter, SSHKeyPath
+from vastai_async.hedging import BootTimes, HedgePolicy, validate_hedge
 from vastai_async.known_hosts import KnownHostsStore
 from vastai_async.labels import parse_label, race_label, validate_id
 from vastai_async.models import CreateInstanceRequest, Instance, Offer, RentalInfo, SSHEndpoint
@@ -111,6 +112,7 @@ class VastAIService(AsyncComputeProvider):
         self.known_hosts = KnownHostsStore(self.config.state_dir)
         self._client_key: asyncssh.SSHKey | None = None
         self._poller: InstancePoller | None = None
+        self._boot_times = BootTimes()  # observed by every race; hedging derives delays from it
         self._claimed_offers: set[int] = set()
         # The key goes on the account once, before the first create (the published spec's
         # rule); per-instance attach only where the account refuses it.
@@ -267,6 +269,7 @@ class VastAIService(AsyncComputeProvider):
         timings: Timings | None = None,
         max_spend_usd: float | None = None,
         on_event: EventCallback | None = None,
+        hedge: HedgePolicy | None = None,
     ) -> Rental:
         """Rent a machine and return it once an SSH login into it was proven.
 
@@ -291,6 +294,9 @@ class VastAIService(AsyncComputeProvider):
             timings: deadlines for this call (default: the service's).
             max_spend_usd: stop the race once its estimated spend reaches this.
             on_event: called with every event of this race (besides the service's callback).
+            hedge: a :class:`~vastai_async.HedgePolicy`: start ``hedge.start`` candidates and
+                add one, up to ``fan_out``, whenever one in flight is late against the boot
+                times seen so far (a :class:`~vastai_async.Hedged` event says when and why).
 
         Returns:
             A :class:`~vastai_async.Rental` you can log into.
@@ -317,6 +323,7 @@ class VastAIService(AsyncComputeProvider):
             max_spend_usd=max_spend_usd,
             on_event=on_event,
         )
+        validate_hedge(hedge, fan_out)
         self.config.ssh_identity()  # a config built without a key can search but not rent
         request = build_create_request(
             self.config,
@@ -352,6 +359,7 @@ class VastAIService(AsyncComputeProvider):
                     max_spend_usd=max_spend_usd,
                     on_event=on_event,
                     client_key=client_key,
+                    hedge=hedge,
                 ),
                 name=f"vastai-async provision {job_id}",
             )
@@ -398,6 +406,7 @@ class VastAIService(AsyncComputeProvider):
         max_spend_usd: float | None,
         on_event: EventCallback | None,
         client_key: asyncssh.SSHKey,
+        hedge: HedgePolicy | None = None,
     ) -> Rental:
         candidates = await self._candidates(
             offer_id=offer_id, offers=offers, query=query, disk_gb=request.disk_gb
@@ -435,6 +444,8 @@ class VastAIService(AsyncComputeProvider):
             claim=self._claim,
             release=self._release,
             logger=self._log,
+            hedge=hedge,
+            boot_times=self._boot_times,
         )
         result = await race.run()
         try:

@@ -31,6 +31,9 @@ class Timings:
         loading_s: how long one candidate may stay created/loading before it is dropped.
         ssh_s: how long after a candidate reports running its SSH login may take to succeed.
         poll_interval_s: the service-wide status poller's tick.
+        probing_poll_interval_s: how often a candidate's status is listed once its SSH probes
+            run (rounded to whole ticks of ``poll_interval_s``): the probes find the login, the
+            status only has to catch a fatal state (exited, offline, gone).
         probe_interval_s: pause between two SSH probe attempts on one endpoint.
         probe_floor_s: the least pause between two probes, whatever else is configured.
         connect_timeout_s: TCP connect + SSH handshake timeout of one probe (network; not scaled).
@@ -44,6 +47,7 @@ class Timings:
     loading_s: float = attrs.field(default=1200.0, validator=_positive)
     ssh_s: float = attrs.field(default=300.0, validator=_positive)
     poll_interval_s: float = attrs.field(default=3.0, validator=_positive)
+    probing_poll_interval_s: float = attrs.field(default=12.0, validator=_positive)
     probe_interval_s: float = attrs.field(default=1.0, validator=_positive)
     probe_floor_s: float = attrs.field(default=0.5, validator=_positive)
     connect_timeout_s: float = attrs.field(default=10.0, validator=_positive)
@@ -57,6 +61,7 @@ class Timings:
         "loading_s",
         "ssh_s",
         "poll_interval_s",
+        "probing_poll_interval_s",
         "probe_interval_s",
         "probe_floor_s",
     )

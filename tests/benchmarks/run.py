@@ -2,7 +2,7 @@
 
 ``python -m tests.benchmarks.run --out bench-results.json --markdown docs/benchmarks.md
 --plot docs/img/benchmarks.png`` (what ``nox -s bench`` runs). Sizes are chosen so the whole run
-takes well under 10 minutes on 2 cores; ``--quick`` shrinks them for a smoke run. Method and
+takes about 15 minutes on 2 cores; ``--quick`` shrinks them for a smoke run. Method and
 sizes: docs/benchmarks.md.
 """
 
@@ -27,34 +27,68 @@ import attrs
 from tests.benchmarks import report
 from tests.benchmarks.micro import import_times, structuring
 from tests.benchmarks.official import ensure_venv, run_official
-from tests.benchmarks.scenario import ScenarioSpec, open_scenario
-from tests.benchmarks.strategies import run_race, run_sequential
+from tests.benchmarks.scenario import ADVERSE, DEFAULT, ScenarioSpec, open_scenario
+from tests.benchmarks.strategies import history_from, run_race, run_sequential
+from vastai_async.hedging import HedgePolicy
 
 Trial = Callable[[Any], Awaitable[dict[str, Any]]]
-#: (strategy name, seed, scenario spec as a dict, the official venv's python or None)
-Job = tuple[str, int, dict[str, Any], str | None]
+#: (strategy name, seed, scenario spec as a dict, official venv python or None, boot history)
+Job = tuple[str, int, dict[str, Any], str | None, list[float] | None]
 
-STRATEGIES = (
-    "sequential_10s",
-    "sequential_5s",
-    "official_10s",
-    "race_k1",
-    "race_k2",
-    "race_k4",
-    "race_k8",
-    "race_k4_show",
-    "race_k4_realpacing",
-)
+MARKETS: dict[str, ScenarioSpec] = {"default": DEFAULT, "adverse": ADVERSE}
+
+#: The hedged policy measured (declared here, the same on both markets): start 3 of at most
+#: 8 candidates; one more whenever a candidate in flight is not running past the 75th
+#: percentile of the boot times seen in earlier provisions of the same market.
+HEDGE = HedgePolicy(start=3, quantile=0.75)
+HEDGE_FAN_OUT = 8
+
+#: Strategies by market and seed group: ``main`` runs ``--seeds`` seeds, ``plot`` runs
+#: ``--plot-seeds`` (curves of the fan-out plot only), ``aux`` runs ``--aux-seeds``.
+PLAN: dict[str, dict[str, tuple[str, ...]]] = {
+    "default": {
+        "main": (
+            "sequential_10s",
+            "dstack_5s_600s",
+            "race_k2",
+            "race_k4",
+            "race_k8",
+            "race_k4_show",
+            "race_all",
+            "hedged",
+        ),
+        "plot": ("race_k1",),
+        "aux": ("official_10s", "race_k4_realpacing"),
+    },
+    "adverse": {
+        "main": ("sequential_10s", "dstack_5s_600s", "race_k4", "race_all", "hedged"),
+        "plot": ("race_k1", "race_k2", "race_k8"),
+        "aux": (),
+    },
+}
 
 
-def _trial_fn(name: str, official_python: str | None) -> Trial:
+def _trial_fn(name: str, official_python: str | None, history: list[float] | None) -> Trial:
     if name.startswith("sequential_"):
         poll = float(name.removeprefix("sequential_").removesuffix("s"))
         return lambda sc: run_sequential(sc, poll_s=poll)
+    if name == "dstack_5s_600s":
+        return lambda sc: run_sequential(sc, poll_s=5.0, instance_deadline_s=600.0, name=name)
     if name.startswith("official_"):
         assert official_python is not None
         poll = float(name.removeprefix("official_").removesuffix("s"))
         return lambda sc: run_official(sc, python=Path(official_python), poll_s=poll)
+    if name == "race_all":
+        return lambda sc: run_race(sc, fan_out=len(sc.candidates), name=name)
+    if name == "hedged":
+        assert history is not None
+
+        def hedged(sc: Any) -> Awaitable[dict[str, Any]]:
+            policy = attrs.evolve(HEDGE, history=history_from(history))
+            policy = policy.scaled(sc.spec.time_scale)
+            return run_race(sc, fan_out=HEDGE_FAN_OUT, hedge=policy, name=name)
+
+        return hedged
     k = int(name.removeprefix("race_k").split("_")[0])
     return lambda sc: run_race(
         sc,
@@ -65,12 +99,12 @@ def _trial_fn(name: str, official_python: str | None) -> Trial:
 
 
 async def _trial(job: Job) -> dict[str, Any]:
-    name, seed, spec_fields, official_python = job
+    name, seed, spec_fields, official_python, history = job
     spec = ScenarioSpec(**spec_fields)
     with tempfile.TemporaryDirectory(prefix="vastai-bench-") as tmp:
         sc = await open_scenario(seed, spec, Path(tmp))
         try:
-            result = await _trial_fn(name, official_python)(sc)
+            result = await _trial_fn(name, official_python, history)(sc)
         except Exception as err:  # a crash is a result too: recorded, never hidden
             result = {
                 "strategy": name,
@@ -80,7 +114,9 @@ async def _trial(job: Job) -> dict[str, Any]:
             }
         finally:
             await sc.sandbox.close()
-        result.update(faults=sorted(sc.faults.values()), vanished=len(sc.vanished))
+        result.update(
+            market=spec.market, faults=sorted(sc.faults.values()), vanished=len(sc.vanished)
+        )
         return result
 
 
@@ -97,7 +133,56 @@ def run_trials(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
     in simulated seconds if several scenarios competed for one loop.
     """
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        return list(pool.imap_unordered(run_job, jobs))
+        return list(pool.imap_unordered(run_job, jobs, chunksize=1))
+
+
+def _histories(trials: list[dict[str, Any]]) -> dict[tuple[str, int], list[float]]:
+    """Per (market, seed): boot times (wall s) seen by race k=4 on the market's *other* seeds.
+
+    A hedged race derives its delay from provisions it has seen before; here those are the
+    k=4 races of the same market on every other seed (leave one out: never its own scenario).
+    """
+    by_market: dict[str, list[tuple[int, list[float]]]] = {}
+    for t in trials:
+        if t["strategy"] == "race_k4":
+            by_market.setdefault(t["market"], []).append((t["seed"], t.get("boot_wall_s", [])))
+    out: dict[tuple[str, int], list[float]] = {}
+    for market, rows in by_market.items():
+        for seed, _ in rows:
+            out[(market, seed)] = [b for s, boots in rows if s != seed for b in boots]
+    return out
+
+
+def plan_jobs(args: argparse.Namespace, official_python: Path | None) -> list[Job]:
+    """Every non-hedged trial: slow strategies first, so their tails overlap the races."""
+    py = None if official_python is None else str(official_python)
+    groups = {"main": args.seeds, "plot": args.plot_seeds, "aux": args.aux_seeds}
+    jobs: list[Job] = []
+    for market, plan in PLAN.items():
+        spec = attrs.evolve(MARKETS[market], time_scale=args.time_scale)
+        fields = attrs.asdict(spec)
+        for group, names in plan.items():
+            for name in names:
+                if name == "hedged" or ("official" in name and official_python is None):
+                    continue
+                jobs += [(name, seed, fields, py, None) for seed in range(groups[group])]
+    slow = ("sequential", "dstack", "official", "race_k1")
+    jobs.sort(key=lambda j: (not j[0].startswith(slow), j[1]))
+    return jobs
+
+
+def hedged_jobs(args: argparse.Namespace, trials: list[dict[str, Any]]) -> list[Job]:
+    """The hedged trials, each with the boot times of the market's other seeds."""
+    histories = _histories(trials)
+    jobs: list[Job] = []
+    for market, plan in PLAN.items():
+        if "hedged" not in plan["main"]:
+            continue
+        spec = attrs.evolve(MARKETS[market], time_scale=args.time_scale)
+        fields = attrs.asdict(spec)
+        for seed in range(args.seeds):
+            jobs.append(("hedged", seed, fields, None, histories.get((market, seed), [])))
+    return jobs
 
 
 def _scale(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,7 +201,7 @@ def _scale(args: argparse.Namespace) -> dict[str, Any]:
         "--per-race",
         "4",
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=400)  # noqa: S603 -- our own interpreter and arguments
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # noqa: S603 -- our own interpreter and arguments
     if done.returncode != 0:
         return {"error": done.stderr[-800:]}
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -128,18 +213,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--markdown", type=Path, default=None, help="docs page to update")
     parser.add_argument("--plot", type=Path, default=None, help="PNG to write")
-    parser.add_argument("--seeds", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=3, help="trial processes")
+    parser.add_argument("--seeds", type=int, default=64, help="seeds of the main strategies")
+    parser.add_argument("--plot-seeds", type=int, default=32, help="seeds of plot-only curves")
+    parser.add_argument("--aux-seeds", type=int, default=16, help="official client, real pacing")
+    parser.add_argument("--workers", type=int, default=6, help="trial processes")
     parser.add_argument("--time-scale", type=float, default=0.05)
-    parser.add_argument("--scale-provisions", type=int, default=200)
-    parser.add_argument("--scale-machines", type=int, default=1000)
+    parser.add_argument("--scale-provisions", type=int, default=500)
+    parser.add_argument("--scale-machines", type=int, default=2000)
     parser.add_argument("--scale-time-scale", type=float, default=0.1)
     parser.add_argument("--structure-offers", type=int, default=10_000)
     parser.add_argument("--no-official", action="store_true", help="skip the official client")
+    parser.add_argument("--no-scale", action="store_true", help="skip the load test")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.scale_provisions, args.scale_machines = 3, 20, 150
+        args.seeds, args.plot_seeds, args.aux_seeds = 3, 2, 2
+        args.scale_provisions, args.scale_machines = 20, 150
         args.structure_offers = 2000
     # Keys and pins of the benchmark's sandboxes stay in a throwaway state folder.
     os.environ["VASTAI_STATE_DIR"] = tempfile.mkdtemp(prefix="vastai-bench-state-")
@@ -149,6 +238,7 @@ def main() -> None:
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
+            "loadavg_at_start": os.getloadavg(),
         },
         "sizes": {},
     }
@@ -159,24 +249,28 @@ def main() -> None:
         official_python, info = ensure_venv()
         key = "version" if official_python is not None else "skipped"
         results["official"] = {key: info}
-    spec = ScenarioSpec(time_scale=args.time_scale)
-    seeds = list(range(args.seeds))
-    names = [n for n in STRATEGIES if official_python is not None or "official" not in n]
-    # Slow strategies (sequential, official) first, so their tails overlap with the races.
-    spec_fields = attrs.asdict(spec)
-    py = None if official_python is None else str(official_python)
-    jobs: list[Job] = [(n, s, spec_fields, py) for n in names for s in seeds]
     results["sizes"] = {
-        "seeds": seeds,
-        "scenario": attrs.asdict(spec),
+        "seeds": args.seeds,
+        "plot_seeds": args.plot_seeds,
+        "aux_seeds": args.aux_seeds,
+        "markets": {
+            m: attrs.asdict(attrs.evolve(spec, time_scale=args.time_scale))
+            for m, spec in MARKETS.items()
+        },
+        "plan": PLAN,
+        "hedge": {
+            **attrs.asdict(HEDGE, filter=lambda a, v: a.name != "history"),
+            "fan_out": HEDGE_FAN_OUT,
+        },
         "workers": args.workers,
-        "strategies": names,
     }
     t = time.monotonic()
-    results["trials"] = run_trials(jobs, args.workers)
+    trials = run_trials(plan_jobs(args, official_python), args.workers)
+    trials += run_trials(hedged_jobs(args, trials), args.workers)
+    results["trials"] = trials
     results["trials_wall_s"] = time.monotonic() - t
     t = time.monotonic()
-    results["scale"] = _scale(args)
+    results["scale"] = {"skipped": "--no-scale given"} if args.no_scale else _scale(args)
     results["scale_wall_s"] = time.monotonic() - t
     with tempfile.TemporaryDirectory() as tmp:
         results["structuring"] = structuring(
@@ -184,7 +278,11 @@ def main() -> None:
         )
     results["import"] = import_times()
     results["total_wall_s"] = time.monotonic() - started
-    results["summary"] = report.summarize(results)
+    results["machine"]["loadavg_at_end"] = os.getloadavg()
+    summary = report.summarize(results)
+    results["figures"] = summary.pop("figures")
+    results["figure_ci95"] = summary.pop("figure_ci95")
+    results["summary"] = summary
     args.out.write_text(json.dumps(results, indent=1, default=str))
     if args.plot is not None:
         report.plot(results, args.plot)

@@ -163,7 +163,7 @@ async def _drive(
 
     async with (
         aiohttp.ClientSession(trace_configs=[trace.config]) as http,
-        VastAIService(config=config, session=http, on_event=on_event) as service,
+        VastAIService(config=config, http_session=http, on_event=on_event) as service,
     ):
         query = {
             "rentable": {"eq": True},

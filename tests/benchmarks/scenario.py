@@ -9,6 +9,8 @@ have accepted a login) survives the candidates' destruction.
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 import time
 from collections.abc import Callable
@@ -23,7 +25,16 @@ from vastai_async.models import Offer
 from vastai_async.sandbox import LifecycleFault, Sandbox, SSHFaults
 from vastai_async.sandbox_link import sandbox_config
 
-__all__ = ["FAULT_KINDS", "Scenario", "ScenarioSpec", "open_scenario", "percentile"]
+__all__ = [
+    "ADVERSE",
+    "DEFAULT",
+    "FAULT_KINDS",
+    "Scenario",
+    "ScenarioSpec",
+    "market_boot",
+    "open_scenario",
+    "percentile",
+]
 
 #: How a failing machine fails, assigned round-robin over the chosen machines.
 FAULT_KINDS = ("stuck_loading", "oci_exited", "offline", "ssh_refusing")
@@ -39,6 +50,9 @@ class ScenarioSpec:
         failing: fraction of candidate machines that fail (one of :data:`FAULT_KINDS`).
         vanishing: fraction of candidate offers rented by someone else after the search.
         time_scale: wall seconds per simulated second.
+        market: the market's name (``default`` or ``adverse``).
+        boot_sigma: sigma of the lognormal boot latency of normal hosts (around 60 s).
+        slow_hosts: fraction of machines that are slow hosts (boot 600-1,500 s).
     """
 
     machines: int = 60
@@ -46,6 +60,24 @@ class ScenarioSpec:
     failing: float = 0.15
     vanishing: float = 0.1
     time_scale: float = 0.05
+    market: str = "default"
+    boot_sigma: float = 0.45
+    slow_hosts: float = 0.05
+
+
+def market_boot(rng: random.Random, *, sigma: float, slow: float) -> float:
+    """A machine's typical boot latency (simulated s): the sandbox's own model with its sigma
+    and slow-host fraction as parameters (``sigma=0.45, slow=0.05`` draws exactly what
+    ``vastai_async.sandbox.lifecycle.default_boot_distribution`` draws)."""
+    if rng.random() < slow:
+        return rng.uniform(600.0, 1500.0)
+    return min(max(rng.lognormvariate(math.log(60.0), sigma), 15.0), 400.0)
+
+
+#: The sandbox's default market (the model of docs/sandbox.md).
+DEFAULT = ScenarioSpec()
+#: The declared adverse market (issue 15): wider boots, more slow hosts, more failing hosts.
+ADVERSE = ScenarioSpec(market="adverse", boot_sigma=0.8, slow_hosts=0.10, failing=0.30)
 
 
 @attrs.define(kw_only=True)
@@ -117,7 +149,14 @@ async def open_scenario(seed: int, spec: ScenarioSpec, state_dir: Path) -> Scena
     """
     # Emulated commands: a probe's fork would be measured as simulated seconds (x 1/time_scale)
     # and shift every figure against the published baselines.
-    sandbox = Sandbox(seed=seed, offers=spec.machines, time_scale=spec.time_scale, shell="emulated")  # noqa: S604
+    boot = functools.partial(market_boot, sigma=spec.boot_sigma, slow=spec.slow_hosts)
+    sandbox = Sandbox(  # noqa: S604
+        seed=seed,
+        offers=spec.machines,
+        time_scale=spec.time_scale,
+        boot_distribution=boot,
+        shell="emulated",
+    )
     await sandbox.start()
     try:
         servers: dict[int, Any] = {}

@@ -19,7 +19,8 @@ from vastai_async._poller import InstancePoller
 from vastai_async.client import VastAIClient
 from vastai_async.config import VastAIConfig
 from vastai_async.errors import NotFoundError, OfferUnavailableError, VastAIError
-from vastai_async.events import Event, WinnerChosen
+from vastai_async.events import Event, InstanceCreated, StatusChanged, WinnerChosen
+from vastai_async.hedging import BootTimes, Hedged, HedgePolicy
 from vastai_async.models import CreateInstanceRequest, Instance
 from vastai_async.pacing import Pacing
 from vastai_async.service import VastAIService
@@ -28,6 +29,8 @@ from vastai_async.ssh import load_client_key, probe
 __all__ = ["run_race", "run_sequential"]
 
 IMAGE = "vastai/pytorch:latest"
+#: Routes of the once-per-service account key registration (not per provision).
+KEY_SETUP_ROUTES = ("GET /api/v0/ssh/", "POST /api/v0/ssh/")
 
 
 class PerInstancePollingService(VastAIService):
@@ -59,11 +62,18 @@ def _base(sc: Scenario, strategy: str) -> dict[str, Any]:
 
 
 async def run_race(
-    sc: Scenario, *, fan_out: int, per_instance_polling: bool = False, real_pacing: bool = False
+    sc: Scenario,
+    *,
+    fan_out: int,
+    per_instance_polling: bool = False,
+    real_pacing: bool = False,
+    hedge: HedgePolicy | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """``VastAIService.provision_instance`` with ``fan_out`` over the scenario's candidates."""
-    name = f"race_k{fan_out}" + ("_show" if per_instance_polling else "")
-    name += "_realpacing" if real_pacing else ""
+    if name is None:
+        name = f"race_k{fan_out}" + ("_show" if per_instance_polling else "")
+        name += "_realpacing" if real_pacing else ""
     out = _base(sc, name)
     config = sc.config
     if real_pacing:
@@ -81,6 +91,7 @@ async def run_race(
                 fan_out=fan_out,
                 image=IMAGE,
                 on_event=events.append,
+                hedge=hedge,
             )
         except VastAIError as err:
             out["error"] = f"{type(err).__name__}: {err}"
@@ -98,6 +109,15 @@ async def run_race(
         finally:
             out["requests"] = sc.request_total() - requests_before
             out["requests_by_route"] = _routes_since(sc, requests_before)
+            out["requests_key_setup"] = sum(
+                out["requests_by_route"].get(r, 0) for r in KEY_SETUP_ROUTES
+            )
+            out["boot_wall_s"] = _boot_times(events)
+            out["hedges"] = [
+                {"age_s": e.age_s / sc.spec.time_scale, "delay_s": e.delay_s / sc.spec.time_scale}
+                for e in events
+                if isinstance(e, Hedged)
+            ]
             _oracle(sc, out, t0)
             out["loser_usd"] = sc.loser_usd(winner)
             out["instances_created"] = len(sc.servers)
@@ -107,15 +127,22 @@ async def run_race(
     return out
 
 
-async def run_sequential(sc: Scenario, *, poll_s: float) -> dict[str, Any]:
+async def run_sequential(
+    sc: Scenario,
+    *,
+    poll_s: float,
+    instance_deadline_s: float | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
     """The baseline: best offer, create, show it every ``poll_s`` simulated s, then SSH; next.
 
     Written as existing provisioners do it, on our :class:`VastAIClient` (pacing and retries
     included): one candidate at a time, its status fetched by a show call per poll, SSH tried
     once it runs, destroyed on a fatal status or a deadline, then the next offer. Deadlines are
-    the SDK's defaults (loading 1200 s, SSH 300 s after running, overall 1800 s), scaled.
+    the SDK's defaults (loading 1200 s, SSH 300 s after running, overall 1800 s), scaled;
+    ``instance_deadline_s`` (dstack's 600 s) bounds one instance from create to a login too.
     """
-    out = _base(sc, f"sequential_{poll_s:g}s")
+    out = _base(sc, name or f"sequential_{poll_s:g}s")
     config = sc.config
     ts = sc.spec.time_scale
     timings = config.timings
@@ -127,14 +154,23 @@ async def run_sequential(sc: Scenario, *, poll_s: float) -> dict[str, Any]:
     async with VastAIClient.from_config(config) as client:
         try:
             async with asyncio.timeout(timings.overall_s):
-                winner = await _sequential_loop(client, sc, config, key, poll_s * ts, out)
+                winner = await _sequential_loop(
+                    client,
+                    sc,
+                    config,
+                    key,
+                    poll_s * ts,
+                    out,
+                    None if instance_deadline_s is None else instance_deadline_s * ts,
+                )
         except TimeoutError:
             out["error"] = (
                 f"no SSH login within the overall deadline ({timings.overall_s / ts:g} s)"
             )
         tried = out.pop("_tried", 0)
         if winner is not None:
-            out.update(ok=True, instance_id=winner, time_to_ssh_s=(out.pop("_won") - t0) / ts)
+            won_s = (out.pop("_won") - t0) / ts
+            out.update(ok=True, instance_id=winner, time_to_ssh_s=won_s, returned_s=won_s)
         out["requests"] = sc.request_total() - requests_before
         out["requests_by_route"] = _routes_since(sc, requests_before)
         out["loser_usd"] = sc.loser_usd(winner)
@@ -154,6 +190,7 @@ async def _sequential_loop(
     key: Any,
     poll_wall_s: float,
     out: dict[str, Any],
+    instance_deadline: float | None = None,
 ) -> int | None:
     timings = config.timings
     request = CreateInstanceRequest(
@@ -168,7 +205,13 @@ async def _sequential_loop(
             continue
         instance_id = int(created.new_contract)
         await client.attach_ssh_key(instance_id, config.ssh_public_key)
-        if await _wait_then_ssh(client, instance_id, timings, key, poll_wall_s):
+        waited = _wait_then_ssh(client, instance_id, timings, key, poll_wall_s)
+        try:
+            async with asyncio.timeout(instance_deadline):
+                ready = await waited
+        except TimeoutError:
+            ready = False
+        if ready:
             out["_won"] = time.time()
             return instance_id
         await client.destroy_instance(instance_id)
@@ -207,6 +250,28 @@ async def _wait_then_ssh(
                 return True
         await asyncio.sleep(max(0.0, timings.probe_pause_s - (time.monotonic() - started)))
     return False
+
+
+def _boot_times(events: list[Event]) -> list[float]:
+    """Wall seconds from each create to its first listing as running, or to the winning login
+    if that came first: what the race itself records into the service's boot times."""
+    created = {e.instance_id: e.at for e in events if isinstance(e, InstanceCreated)}
+    out = []
+    seen: set[int] = set()
+    for e in events:
+        if (isinstance(e, StatusChanged) and e.new == "running") or isinstance(e, WinnerChosen):
+            iid = e.instance_id
+        else:
+            continue
+        if iid not in seen and iid in created:
+            seen.add(iid)
+            out.append(e.at - created[iid])
+    return out
+
+
+def history_from(samples: list[float]) -> BootTimes:
+    """Boot times seen in earlier provisions, for a hedged race's policy."""
+    return BootTimes(samples, keep=max(1, len(samples)))
 
 
 def _routes_since(sc: Scenario, before: int) -> dict[str, int]:

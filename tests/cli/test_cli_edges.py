@@ -22,6 +22,7 @@ from tests.cli._runner import CLIResult, finish, lines, run_all_at_once
 USAGE: dict[str, list[str]] = {
     "timeout": ["provision", "--job-id", "x", "--timeout", "-1"],
     "disk": ["provision", "--job-id", "x", "--disk", "-5"],
+    "hedge": ["provision", "--job-id", "x", "--hedge", "0"],
     "max_usd": ["search", "--max-usd-per-hour", "-1"],
     "port": ["rent", "--offer", "1", "--port", "abc"],
     "num_gpus": ["search", "--num-gpus", "0"],

@@ -305,3 +305,29 @@ async def test_provision_with_no_matching_offer_is_one_line_and_rents_nothing(
     (line,) = lines(result.err)
     assert line.startswith("error: no offer matches")
     assert vastai_sandbox.ledger() == []
+
+
+async def test_provision_hedge_flag_reaches_the_race(vastai_sandbox: Sandbox) -> None:
+    """``--hedge N`` starts N candidates (the first boots normally: no hedge needed); a start
+    above ``--fan-out`` is refused, naming both, before anything is rented."""
+    hedged, refused = await asyncio.gather(
+        vast_cli(
+            "provision",
+            "--job-id",
+            "h-1",
+            "--fan-out",
+            "3",
+            "--hedge",
+            "1",
+            "--no-keep",
+            sandbox=vastai_sandbox,
+        ),
+        vast_cli(
+            "provision", "--job-id", "h-2", "--fan-out", "2", "--hedge", "3", sandbox=vastai_sandbox
+        ),
+    )
+    assert hedged.code == 0, hedged.err
+    assert sum("created instance" in line for line in lines(hedged.err)) == 1
+    assert refused.code != 0
+    assert "hedge.start=3 is above fan_out=2" in refused.err
+    assert "created instance" not in refused.err

@@ -40,18 +40,18 @@ def test_probe_pause_never_below_floor() -> None:
 
 def test_pacing_table_reads_thresholds_as_rates() -> None:
     pacing = Pacing()
-    assert pacing.interval("GET", "/api/v0/instances/{id}/") == pytest.approx(0.5)
-    assert pacing.interval("PUT", "/api/v0/instances/{id}/") == pytest.approx(1.0)
-    assert pacing.interval("DELETE", "/api/v0/instances/{id}/") == pytest.approx(1 / 3)
-    assert pacing.interval("PUT", "/api/v0/asks/{id}/") == pytest.approx(1 / 4.5)
-    assert pacing.interval("GET", "/api/v0/template/") == pytest.approx(1 / 3.0)  # spec L2909
-    assert pacing.interval("GET", "/api/v1/instances/") == pytest.approx(1.0)  # spec L8393
-    assert pacing.interval("PUT", "/api/v0/instances/bid_price/{id}/") == pytest.approx(1 / 5.5)
-    assert pacing.interval("GET", "/unknown") == pacing.default_interval_s
+    assert pacing.min_interval("GET", "/api/v0/instances/{id}/") == pytest.approx(0.5)
+    assert pacing.min_interval("PUT", "/api/v0/instances/{id}/") == pytest.approx(1.0)
+    assert pacing.min_interval("DELETE", "/api/v0/instances/{id}/") == pytest.approx(1 / 3)
+    assert pacing.min_interval("PUT", "/api/v0/asks/{id}/") == pytest.approx(1 / 4.5)
+    assert pacing.min_interval("GET", "/api/v0/template/") == pytest.approx(1 / 3.0)  # spec L2909
+    assert pacing.min_interval("GET", "/api/v1/instances/") == pytest.approx(1.0)  # spec L8393
+    assert pacing.min_interval("PUT", "/api/v0/instances/bid_price/{id}/") == pytest.approx(1 / 5.5)
+    assert pacing.min_interval("GET", "/unknown") == pacing.default_interval_s
     scaled = pacing.scaled(0.1)
     for key, value in DEFAULT_MIN_INTERVALS.items():
         method, template = key.split(" ", 1)
-        assert scaled.interval(method, template) == pytest.approx(value * 0.1)
+        assert scaled.min_interval(method, template) == pytest.approx(value * 0.1)
 
 
 def test_every_public_exception_derives_from_vastai_error() -> None:

@@ -421,6 +421,14 @@ def _provision_options(func: Any) -> Any:
     show_default=True,
     help="Candidates rented at once.",
 )
+@click.option(
+    "--hedge",
+    "hedge_start",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Hedged: start this many candidates, add more (up to --fan-out) only when they are "
+    "late against the boot times seen so far.",
+)
 @click.option("--max-usd-per-hour", type=POSITIVE, help="Price ceiling for candidates.")
 @click.option("--min-vram-gb", type=NON_NEGATIVE, help="Minimum VRAM per GPU in GB.")
 @click.option("--gpu", "gpus", multiple=True, help="GPU name, short or full (repeatable).")
@@ -432,6 +440,7 @@ def provision_cmd(
     ctx: click.Context,
     job_id: str,
     fan_out: int,
+    hedge_start: int | None,
     max_usd_per_hour: float | None,
     min_vram_gb: float | None,
     gpus: tuple[str, ...],
@@ -454,11 +463,14 @@ def provision_cmd(
     Examples:
       vastai-async provision --job-id train-1 --fan-out 3 --gpu 4090
       vastai-async provision --job-id ci-42 --no-keep --json
+      vastai-async provision --job-id cheap --fan-out 4 --hedge 2
     """
     env = _parse_env(env_pairs)
     state = _state(ctx)
 
     async def run() -> None:
+        from vastai_async.hedging import HedgePolicy
+
         progress = ProgressPrinter(live=sys.stderr.isatty() and not as_json)
         async with make_service(ctx) as vast:
             state.live_instance_ids = vast.live_instance_ids
@@ -482,6 +494,7 @@ def provision_cmd(
                 onstart_cmd=onstart,
                 disk_gb=disk_gb,
                 fan_out=fan_out,
+                hedge=None if hedge_start is None else HedgePolicy(start=hedge_start),
             )
             # Inside ``async with``: if keeping fails, the machine is destroyed, not lost.
             async with rental:

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import aiohttp
 import asyncssh
@@ -53,6 +54,8 @@ from vastai_async.provider import AsyncComputeProvider, ReapReport, RentalSummar
 from vastai_async.provisioning import ProbeOutcome, Race, new_race_id
 from vastai_async.query import OfferQuery
 from vastai_async.rental import Rental, RentalOwner
+from vastai_async.reputation.records import HostHistory
+from vastai_async.reputation.service_glue import HostReputation, RankArg, check_rank
 from vastai_async.session import RetryPolicy, VastAISession
 from vastai_async.ssh import load_client_key, probe
 from vastai_async.timings import Timings
@@ -80,6 +83,9 @@ class VastAIService(AsyncComputeProvider):
         retry: how requests are retried; default :class:`~vastai_async.RetryPolicy`.
         client: a :class:`~vastai_async.VastAIClient` to use (and not close) instead of one
             built from ``config``; ``http_session`` and ``retry`` then do not apply.
+        host_history: where races record how each machine booted, read by the ranker
+            (docs/hosts.md). ``None``: a :class:`~vastai_async.SQLiteHostHistory` in the state
+            directory; ``False``: remember nothing (and never rank).
     """
 
     def __init__(
@@ -93,6 +99,7 @@ class VastAIService(AsyncComputeProvider):
         max_concurrent_provisions: int | None = None,
         retry: RetryPolicy | None = None,
         client: VastAIClient | None = None,
+        host_history: HostHistory | Literal[False] | None = None,
     ) -> None:
         self.config = config if config is not None else get_vastai_config()
         self.timings = timings if timings is not None else self.config.timings
@@ -109,6 +116,7 @@ class VastAIService(AsyncComputeProvider):
         )
         self.client = client if client is not None else VastAIClient(self._session)
         self.known_hosts = KnownHostsStore(self.config.state_dir)
+        self._reputation = _reputation(host_history, self.config, self._log)
         self._client_key: asyncssh.SSHKey | None = None
         self._poller: InstancePoller | None = None
         self._claimed_offers: set[int] = set()
@@ -175,6 +183,7 @@ class VastAIService(AsyncComputeProvider):
                 await asyncio.gather(*races, return_exceptions=True)
             await self._custody.drain(self.close_budget_s)
         finally:
+            await self._reputation.close()
             await self._custody.close()
             if self._poller is not None:
                 await self._poller.close()
@@ -267,6 +276,7 @@ class VastAIService(AsyncComputeProvider):
         timings: Timings | None = None,
         max_spend_usd: float | None = None,
         on_event: EventCallback | None = None,
+        rank: RankArg = True,
     ) -> Rental:
         """Rent a machine and return it once an SSH login into it was proven.
 
@@ -291,6 +301,10 @@ class VastAIService(AsyncComputeProvider):
             timings: deadlines for this call (default: the service's).
             max_spend_usd: stop the race once its estimated spend reaches this.
             on_event: called with every event of this race (besides the service's callback).
+            rank: reorder the candidates by what the host history knows (docs/hosts.md):
+                ``True`` uses the service's :class:`~vastai_async.OfferRanker` when history
+                exists; an ``OfferRanker`` of your own; ``False``/``None`` keeps your order.
+                An :class:`~vastai_async.OffersRanked` event says where each one went and why.
 
         Returns:
             A :class:`~vastai_async.Rental` you can log into.
@@ -317,6 +331,7 @@ class VastAIService(AsyncComputeProvider):
             max_spend_usd=max_spend_usd,
             on_event=on_event,
         )
+        rank = check_rank(rank)
         self.config.ssh_identity()  # a config built without a key can search but not rent
         request = build_create_request(
             self.config,
@@ -352,6 +367,7 @@ class VastAIService(AsyncComputeProvider):
                     max_spend_usd=max_spend_usd,
                     on_event=on_event,
                     client_key=client_key,
+                    rank=rank,
                 ),
                 name=f"vastai-async provision {job_id}",
             )
@@ -398,12 +414,15 @@ class VastAIService(AsyncComputeProvider):
         max_spend_usd: float | None,
         on_event: EventCallback | None,
         client_key: asyncssh.SSHKey,
+        rank: RankArg = None,
     ) -> Rental:
         candidates = await self._candidates(
             offer_id=offer_id, offers=offers, query=query, disk_gb=request.disk_gb
         )
+        candidates, ranking = await self._reputation.order(candidates, rank)
+        recorder = self._reputation.recorder(candidates, request)
         race_id = new_race_id()
-        emitter = EventEmitter([self._on_event, on_event], self._log)
+        emitter = EventEmitter([self._on_event, on_event, recorder], self._log)
         if self._account_key is None:
             self._account_key = AccountKeyRegistrar(self.client, self.config.ssh_identity()[1])
         key = await self._account_key.ensure()
@@ -417,6 +436,8 @@ class VastAIService(AsyncComputeProvider):
                 reason=key.reason,
             )
         )
+        if ranking is not None:
+            await emitter.emit(self._reputation.event(ranking, race_id=race_id, job_id=job_id))
         race = Race(
             client=self.client,
             custody=self._custody,
@@ -436,7 +457,10 @@ class VastAIService(AsyncComputeProvider):
             release=self._release,
             logger=self._log,
         )
-        result = await race.run()
+        try:
+            result = await race.run()
+        finally:
+            self._reputation.save(recorder)  # won, failed or cancelled: what it taught is kept
         try:
             await self.known_hosts.apin(
                 result.instance_id, result.endpoint.host, result.endpoint.port, result.host_key
@@ -765,6 +789,20 @@ class VastAIService(AsyncComputeProvider):
             for instance_id in ids:
                 await self.known_hosts.aremove(instance_id)
         return report
+
+
+def _reputation(
+    history: HostHistory | Literal[False] | None, config: VastAIConfig, log: logging.Logger
+) -> HostReputation:
+    if history is False:
+        return HostReputation(None, logger=log, owns_history=False)
+    if history is None:
+        from vastai_async.reputation.sqlite_store import SQLiteHostHistory
+
+        return HostReputation(
+            SQLiteHostHistory.in_state_dir(config.state_dir), logger=log, owns_history=True
+        )
+    return HostReputation(history, logger=log, owns_history=False)
 
 
 def _summary(inst: Instance, job_id: str, owner: str | None, kept: bool) -> RentalSummary:

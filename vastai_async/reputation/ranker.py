@@ -9,6 +9,8 @@ The model (docs/hosts.md explains it with a plot):
   gets the prior itself, with the prior's width.
 - Losers are not ignored: a candidate that lost after ``c`` seconds is known to need more than
   ``c``; it enters as the mean of the current estimate truncated below at ``c`` (censored data).
+- Machines change: observations weigh half as much per ``half_life`` newer ones, and when the
+  two newest are both ``change_factor`` times off the older median, the older ones are dropped.
 - ``mu0``, ``tau2`` and ``sigma2`` are estimated from the history itself (a few records are
   enough; with none, defaults).
 - The chance that a rental works at all is a Beta posterior whose prior mean is Vast's
@@ -176,6 +178,8 @@ class OfferRanker:
         fatal_cooldown_s: how long a fatal failure sends a machine to the back.
         half_life: a machine's observation weighs half as much after this many newer ones
             (so a machine whose speed changed is re-learned in a few rentals).
+        change_factor: when a machine's two newest times are both this many times slower
+            (or faster) than its older median, its older history is dropped (drift).
         reliability_weight: how many rentals' worth of evidence Vast's reliability counts for.
         default_login_s: the market's median time to login assumed without history.
         clock: epoch seconds (for tests).
@@ -190,6 +194,7 @@ class OfferRanker:
         exploration: float = 0.5,
         fatal_cooldown_s: float = 3600.0,
         half_life: float = 3.0,
+        change_factor: float = 2.0,
         reliability_weight: float = 4.0,
         default_login_s: float = 120.0,
         clock: Callable[[], float] = time.time,
@@ -200,6 +205,7 @@ class OfferRanker:
         self.exploration = exploration
         self.fatal_cooldown_s = fatal_cooldown_s
         self.half_life = half_life
+        self.change_factor = change_factor
         self.reliability_weight = reliability_weight
         self.default_login_s = default_login_s
         self._clock = clock
@@ -311,7 +317,7 @@ class OfferRanker:
         within = [y - statistics.fmean(ys) for ys in exact.values() if len(ys) > 1 for y in ys]
         dof = sum(len(ys) - 1 for ys in exact.values() if len(ys) > 1)
         sigma2 = sum(d * d for d in within) / dof if dof > 0 else default.sigma2
-        sigma2 = min(max(sigma2, 0.005), 1.0)
+        sigma2 = min(max(sigma2, 0.02), 1.0)
         tau2 = default.tau2
         if len(means) > 1:
             avg_n = total / len(exact)
@@ -325,14 +331,15 @@ class OfferRanker:
         self, recs: Sequence[HostOutcome], prior: MarketPrior
     ) -> tuple[float, float, float]:
         """(mean, variance, effective observations) of a machine's typical log time."""
-        obs: list[tuple[float, bool, float]] = []  # (log seconds, censored, weight)
-        for rank, rec in enumerate(r for r in recs if r.kind in _TIMED):
-            weight = 0.5 ** (rank / self.half_life)
+        timed: list[tuple[float, bool]] = []  # (log seconds, censored), newest first
+        for rec in recs:
             if _exact(rec):
                 assert rec.login_s is not None
-                obs.append((math.log(rec.login_s), False, weight))
-            elif rec.elapsed_s is not None and rec.elapsed_s > 0:
-                obs.append((math.log(rec.elapsed_s), True, weight))
+                timed.append((math.log(rec.login_s), False))
+            elif rec.kind in _TIMED and rec.elapsed_s is not None and rec.elapsed_s > 0:
+                timed.append((math.log(rec.elapsed_s), True))
+        timed = self._since_change(timed)
+        obs = [(y, c, 0.5 ** (rank / self.half_life)) for rank, (y, c) in enumerate(timed)]
         prec0 = 1.0 / prior.tau2
         exact_w = sum(w for _, c, w in obs if not c)
         exact_sum = sum(w * y for y, c, w in obs if not c)
@@ -347,6 +354,23 @@ class OfferRanker:
                 mean = (prior.mu0 * prec0 + (exact_sum + imputed) / prior.sigma2) / prec
                 var = 1.0 / prec
         return mean, var, sum(w for _, _, w in obs)
+
+    def _since_change(self, timed: list[tuple[float, bool]]) -> list[tuple[float, bool]]:
+        """Drop the past when the two newest observations show the machine changed.
+
+        Both newest more than ``change_factor`` slower than the median of the older exact
+        times (a censored time counts: it is a lower bound), or both exact and that much
+        faster: the machine drifted, and what it did before no longer describes it.
+        """
+        older = [y for y, censored in timed[2:] if not censored]
+        if len(timed) < 3 or not older:
+            return timed
+        median = statistics.median(older)
+        step = math.log(self.change_factor)
+        newest = timed[:2]
+        slower = all(y - median > step for y, _ in newest)
+        faster = all(not censored and median - y > step for y, censored in newest)
+        return newest if slower or faster else timed
 
     def _machine(
         self,

@@ -88,7 +88,7 @@ def test_warm_history_puts_the_fastest_machines_first() -> None:
 
 def test_estimates_track_measured_times_and_shrink_sparse_histories() -> None:
     typical, records = warm_market(random.Random(2))
-    _, est = OfferRanker().estimate(records)
+    prior, est = OfferRanker().estimate(records)
     assert prior.from_data
     for m, t in typical.items():
         assert est[m].expected_login_s == pytest.approx(t, rel=0.25)

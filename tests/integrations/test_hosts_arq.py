@@ -133,7 +133,7 @@ async def test_two_workers_record_into_one_shared_history(
         jobs = []
         # At most three jobs per worker, each holding its machine a moment: both must work.
         for i in range(6):
-            spec = JobSpec(job_id=f"h{tag}-j{i}", commands=["sleep 1"], fan_out=2)
+            spec = JobSpec(job_id=f"h{tag}-j{i}", commands=("sleep 1",), fan_out=2)
             job = await enqueue_gpu_job(redis, spec, _queue_name=queue)
             assert job is not None
             jobs.append(job)

@@ -63,3 +63,13 @@ def test_exact_latencies_ignore_drift() -> None:
     model = BootModel(seed=1, drift_rate=1.0)
     model.exact[10] = 42.0
     assert draws(model, 1, 5) == [42.0] * 5
+
+
+def test_a_forced_drift_applies_from_the_next_rental() -> None:
+    model = BootModel(seed=2, drift_rate=0)
+    before = model.typical(4)
+    draws(model, 4, 2)
+    model.drift(4, 3.0)
+    assert model.typical(4) == before * 3.0
+    assert all(abs(x / (before * 3.0) - 1) <= 0.1 + 1e-9 for x in draws(model, 4, 5))
+    assert model.drifts == [(4, 2, 3.0)]

@@ -115,20 +115,24 @@ class BootModel:
         if machine_id in self.exact:
             return self.exact[machine_id]
         n = self._rentals.get(machine_id, 0)
-        self._rentals[machine_id] = n + 1
         if n > 0 and self.drift_rate > 0:
-            self._maybe_drift(machine_id, n)
+            self._maybe_drift(machine_id, n)  # before counting: the drift is noted at rental n
+        self._rentals[machine_id] = n + 1
         rng = random.Random(f"boot:{self._seed}:{machine_id}:{n}")
         return self.typical(machine_id) * (1.0 + rng.uniform(-self._jitter, self._jitter))
+
+    def drift(self, machine_id: int, factor: float) -> None:
+        """Change a machine's character now: its typical latency times ``factor`` from the next
+        rental on (for tests and benchmarks; still within a factor of 8 of its first)."""
+        before = self._drift.get(machine_id, 1.0)
+        after = min(max(before * factor, 1 / 8), 8.0)
+        self._drift[machine_id] = after
+        self.drifts.append((machine_id, self._rentals.get(machine_id, 0), after / before))
 
     def _maybe_drift(self, machine_id: int, n: int) -> None:
         rng = random.Random(f"drift:{self._seed}:{machine_id}:{n}")
         if rng.random() >= self.drift_rate:
             return
         magnitude = max(math.log(1.5), abs(rng.gauss(0.0, self.drift_sigma)))
-        factor = math.exp(magnitude if rng.random() < 0.5 else -magnitude)
         # A machine never ends up more than 8 times faster or slower than it was born.
-        before = self._drift.get(machine_id, 1.0)
-        after = min(max(before * factor, 1 / 8), 8.0)
-        self._drift[machine_id] = after
-        self.drifts.append((machine_id, n, after / before))
+        self.drift(machine_id, math.exp(magnitude if rng.random() < 0.5 else -magnitude))

@@ -127,6 +127,7 @@ def test_recorder_of_a_cancelled_race_records_created_candidates_as_lost() -> No
         rec(CandidateChosen(**ids, at=0.0, offer_id=o.id, machine_id=o.machine_id,
                             gpu_name=None, dph_total=None))  # fmt: skip
     rec(InstanceCreated(**ids, at=1.0, offer_id=1, instance_id=9))
+    rec(CreateFailed(**ids, at=2.0, offer_id=2, reason="create withdrawn before it was sent"))
     out = rec.outcomes(now=11.0)
     # Offer 2's create never happened (withdrawn): nothing is known about its machine.
     assert [(o.offer_id, o.kind, o.elapsed_s) for o in out] == [(1, "lost_loading", 10.0)]

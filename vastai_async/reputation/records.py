@@ -199,7 +199,10 @@ class HostRecorder:
             return
         if isinstance(event, CreateFailed):
             track = self._tracks.get(event.offer_id)
-            if track is not None and track.kind is None:
+            if "withdrawn" in event.reason:
+                # Never sent (the race ended first): it says nothing about the machine.
+                self._tracks.pop(event.offer_id, None)
+            elif track is not None and track.kind is None:
                 track.kind, track.reason = classify_failure(event.reason), event.reason
                 track.ended_at = event.at
             return

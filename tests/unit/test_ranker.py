@@ -220,3 +220,31 @@ def test_a_machine_that_turned_slow_is_relearned_from_its_losses() -> None:
     losses = [lost(601, 200.0, ago=10.0), lost(601, 220.0, ago=20.0)]
     _, est = OfferRanker().estimate(records + history + losses)
     assert est[601].expected_login_s > 200.0
+
+
+class _MemoryStore:
+    def __init__(self, records: list[HostOutcome]) -> None:
+        self.records = records
+
+    async def record(self, outcomes: object) -> None:
+        raise AssertionError("the ranker only reads")
+
+    async def history(self, machine_ids: object = None) -> list[HostOutcome]:
+        return list(self.records)
+
+    async def forget(self, machine_ids: object = None) -> int:
+        return 0
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("copies", [1, 60])
+async def test_rank_reads_the_store_small_or_large(copies: int) -> None:
+    """The same order whether ranked inline or (for a large history) in a worker thread."""
+    typical, records = warm_market(random.Random(13))
+    many = [r for _ in range(copies) for r in records]
+    ranker = OfferRanker(_MemoryStore(many), clock=lambda: NOW)  # type: ignore[arg-type]
+    ranking = await ranker.rank([offer(m) for m in sorted(typical, reverse=True)])
+    assert ranking.informed
+    assert [o.machine_id for o in ranking.offers][:3] == [1, 2, 3]

@@ -28,6 +28,7 @@ Everything here is a pure function of offers and records (unit-tested without a 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import statistics
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 _TIMED = frozenset({OutcomeKind.WON}) | OutcomeKind.CENSORED
+_INLINE_RECORDS = 1000  # more records than this are ranked in a worker thread
 _MIN_EXACT = 3  # exact login times needed before the market prior is estimated from data
 
 
@@ -213,6 +215,9 @@ class OfferRanker:
     async def rank(self, offers: Sequence[Offer]) -> Ranking:
         """Rank ``offers`` with everything the store knows."""
         records = await self.history.history() if self.history is not None else []
+        if len(records) > _INLINE_RECORDS:
+            # A full store takes ~0.1 s of arithmetic: not on the event loop.
+            return await asyncio.to_thread(self.rank_records, offers, records)
         return self.rank_records(offers, records)
 
     def rank_records(

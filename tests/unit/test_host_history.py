@@ -216,8 +216,10 @@ async def test_sqlite_refuses_a_newer_schema_and_rebuilds_an_older_one(tmp_path:
 async def test_an_unusable_path_is_a_typed_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
+    store = SQLiteHostHistory(blocker / "sub" / "h.sqlite3")
+    assert await store.history() == []  # never written: nothing to read, nothing created
     with pytest.raises(HostHistoryError, match="cannot open"):
-        await SQLiteHostHistory(blocker / "sub" / "h.sqlite3").history()
+        await store.record([outcome(1, time.time())])
 
 
 def _writer(path: str, worker: int, count: int, start: float) -> None:

@@ -4,7 +4,9 @@
 the database lock at the start of their transaction (``BEGIN IMMEDIATE``) and wait for one
 another (``busy_timeout``), so workers of one host can record at the same time without losing a
 row. Every call runs in a worker thread (:func:`asyncio.to_thread`) with its own connection, so
-the event loop never blocks on the disk.
+the event loop never blocks on the disk. Commits do not wait for the disk (``synchronous =
+NORMAL``): a power cut may lose the last records, never the file. Reading a store that was never
+written does not create it.
 
 Bounded: each write drops records older than ``max_age_s``, keeps the newest
 ``max_per_machine`` records of each machine it touched, and at most ``max_records`` in all.
@@ -129,6 +131,8 @@ class SQLiteHostHistory:
 
     def history_sync(self, machine_ids: Sequence[int] | None = None) -> list[HostOutcome]:
         """:meth:`history` without the thread."""
+        if not self.path.exists():
+            return []  # nothing recorded yet: no need to create the file on the race's path
         query = f"SELECT {_COLUMNS} FROM outcomes"  # noqa: S608 (constant column names)
         params: list[int] = []
         if machine_ids is not None:
@@ -142,6 +146,8 @@ class SQLiteHostHistory:
 
     def forget_sync(self, machine_ids: Sequence[int] | None = None) -> int:
         """:meth:`forget` without the thread."""
+        if not self.path.exists():
+            return 0
         with self._write() as db:
             if machine_ids is None:
                 return db.execute("DELETE FROM outcomes").rowcount
@@ -160,6 +166,9 @@ class SQLiteHostHistory:
             raise HostHistoryError(f"cannot open the host history {self.path}: {err}") from err
         try:
             db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            # WAL + NORMAL: a commit does not wait for the disk; a power cut may lose the last
+            # few records, never corrupt the file (the history is a cache).
+            db.execute("PRAGMA synchronous = NORMAL")
             if not self._ready:
                 self._prepare(db)
         except BaseException:

@@ -10,10 +10,10 @@ See docs/hosts.md.
 
 from __future__ import annotations
 
-from vastai_async.reputation.ranker import (
+from vastai_async.reputation.ranker import OfferRanker
+from vastai_async.reputation.ranking import (
     MachineEstimate,
     MarketPrior,
-    OfferRanker,
     OffersRanked,
     RankedOffer,
     Ranking,

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 from vastai_async.errors import InvalidRequestError
 from vastai_async.models import CreateInstanceRequest, Offer
-from vastai_async.reputation.ranker import OfferRanker, OffersRanked, Ranking
+from vastai_async.reputation.ranker import OfferRanker
+from vastai_async.reputation.ranking import OffersRanked, Ranking
 from vastai_async.reputation.records import HostHistory, HostOutcome, HostRecorder
 
 __all__ = ["HostReputation", "RankArg", "check_rank"]

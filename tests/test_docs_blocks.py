@@ -102,6 +102,11 @@ HARNESS: dict[str, Harness] = {
     "errors-and-retries.md#1": Harness(kind="async", prelude=SERVICE, postlude=CLOSE_SERVICE),
     "getting-started.md#1": Harness(kind="script", sandbox_env=False),
     "getting-started.md#2": Harness(kind="script"),
+    "hosts.md#1": Harness(
+        kind="async",
+        prelude=SERVICE,
+        postlude="await rental.terminate()\n" + CLOSE_SERVICE,
+    ),
     "index.md#1": Harness(kind="script"),
     "provisioning.md#1": Harness(kind="async"),
     "provisioning.md#2": Harness(

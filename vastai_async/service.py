@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import aiohttp
 import asyncssh
@@ -54,6 +55,8 @@ from vastai_async.provider import AsyncComputeProvider, ReapReport, RentalSummar
 from vastai_async.provisioning import ProbeOutcome, Race, new_race_id
 from vastai_async.query import OfferQuery
 from vastai_async.rental import Rental, RentalOwner
+from vastai_async.reputation.records import HostHistory
+from vastai_async.reputation.service_glue import HostReputation, RankArg, check_rank
 from vastai_async.session import RetryPolicy, VastAISession
 from vastai_async.ssh import SSHLoginTimeoutError, load_client_key, probe, wait_for_login
 from vastai_async.timings import Timings
@@ -81,6 +84,9 @@ class VastAIService(AsyncComputeProvider):
         retry: how requests are retried; default :class:`~vastai_async.RetryPolicy`.
         client: a :class:`~vastai_async.VastAIClient` to use (and not close) instead of one
             built from ``config``; ``http_session`` and ``retry`` then do not apply.
+        host_history: where races record how each machine booted, read by the ranker
+            (docs/hosts.md). ``None``: a :class:`~vastai_async.SQLiteHostHistory` in the state
+            directory; ``False``: remember nothing (and never rank).
     """
 
     def __init__(
@@ -94,6 +100,7 @@ class VastAIService(AsyncComputeProvider):
         max_concurrent_provisions: int | None = None,
         retry: RetryPolicy | None = None,
         client: VastAIClient | None = None,
+        host_history: HostHistory | Literal[False] | None = None,
     ) -> None:
         self.config = config if config is not None else get_vastai_config()
         self.timings = timings if timings is not None else self.config.timings
@@ -110,6 +117,7 @@ class VastAIService(AsyncComputeProvider):
         )
         self.client = client if client is not None else VastAIClient(self._session)
         self.known_hosts = KnownHostsStore(self.config.state_dir)
+        self._reputation = _reputation(host_history, self.config, self._log)
         self._client_key: asyncssh.SSHKey | None = None
         self._poller: InstancePoller | None = None
         self._boot_times = BootTimes()  # observed by every race; hedging derives delays from it
@@ -177,6 +185,7 @@ class VastAIService(AsyncComputeProvider):
                 await asyncio.gather(*races, return_exceptions=True)
             await self._custody.drain(self.close_budget_s)
         finally:
+            await self._reputation.close()
             await self._custody.close()
             if self._poller is not None:
                 await self._poller.close()
@@ -270,6 +279,7 @@ class VastAIService(AsyncComputeProvider):
         max_spend_usd: float | None = None,
         on_event: EventCallback | None = None,
         hedge: HedgePolicy | None = None,
+        rank: RankArg = True,
     ) -> Rental:
         """Rent a machine and return it once an SSH login into it was proven.
 
@@ -297,6 +307,10 @@ class VastAIService(AsyncComputeProvider):
             hedge: a :class:`~vastai_async.HedgePolicy`: start ``hedge.start`` candidates and
                 add one, up to ``fan_out``, whenever one in flight is late against the boot
                 times seen so far (a :class:`~vastai_async.Hedged` event says when and why).
+            rank: reorder the candidates by what the host history knows (docs/hosts.md):
+                ``True`` uses the service's :class:`~vastai_async.OfferRanker` when history
+                exists; an ``OfferRanker`` of your own; ``False``/``None`` keeps your order.
+                An :class:`~vastai_async.OffersRanked` event says where each one went and why.
 
         Returns:
             A :class:`~vastai_async.Rental` you can log into.
@@ -324,6 +338,7 @@ class VastAIService(AsyncComputeProvider):
             on_event=on_event,
         )
         validate_hedge(hedge, fan_out)
+        rank = check_rank(rank)
         self.config.ssh_identity()  # a config built without a key can search but not rent
         request = build_create_request(
             self.config,
@@ -360,6 +375,7 @@ class VastAIService(AsyncComputeProvider):
                     on_event=on_event,
                     client_key=client_key,
                     hedge=hedge,
+                    rank=rank,
                 ),
                 name=f"vastai-async provision {job_id}",
             )
@@ -407,12 +423,15 @@ class VastAIService(AsyncComputeProvider):
         on_event: EventCallback | None,
         client_key: asyncssh.SSHKey,
         hedge: HedgePolicy | None = None,
+        rank: RankArg = None,
     ) -> Rental:
         candidates = await self._candidates(
             offer_id=offer_id, offers=offers, query=query, disk_gb=request.disk_gb
         )
+        candidates, ranking = await self._reputation.order(candidates, rank)
+        recorder = self._reputation.recorder(candidates, request)
         race_id = new_race_id()
-        emitter = EventEmitter([self._on_event, on_event], self._log)
+        emitter = EventEmitter([self._on_event, on_event, recorder], self._log)
         if self._account_key is None:
             self._account_key = AccountKeyRegistrar(self.client, self.config.ssh_identity()[1])
         key = await self._account_key.ensure()
@@ -426,6 +445,8 @@ class VastAIService(AsyncComputeProvider):
                 reason=key.reason,
             )
         )
+        if ranking is not None:
+            await emitter.emit(self._reputation.event(ranking, race_id=race_id, job_id=job_id))
         race = Race(
             client=self.client,
             custody=self._custody,
@@ -447,7 +468,10 @@ class VastAIService(AsyncComputeProvider):
             hedge=hedge,
             boot_times=self._boot_times,
         )
-        result = await race.run()
+        try:
+            result = await race.run()
+        finally:
+            self._reputation.save(recorder)  # won, failed or cancelled: what it taught is kept
         try:
             await self.known_hosts.apin(
                 result.instance_id, result.endpoint.host, result.endpoint.port, result.host_key
@@ -782,6 +806,20 @@ class VastAIService(AsyncComputeProvider):
             for instance_id in ids:
                 await self.known_hosts.aremove(instance_id)
         return report
+
+
+def _reputation(
+    history: HostHistory | Literal[False] | None, config: VastAIConfig, log: logging.Logger
+) -> HostReputation:
+    if history is False:
+        return HostReputation(None, logger=log, owns_history=False)
+    if history is None:
+        from vastai_async.reputation.sqlite_store import SQLiteHostHistory
+
+        return HostReputation(
+            SQLiteHostHistory.in_state_dir(config.state_dir), logger=log, owns_history=True
+        )
+    return HostReputation(history, logger=log, owns_history=False)
 
 
 def _summary(inst: Instance, job_id: str, owner: str | None, kept: bool) -> RentalSummary:

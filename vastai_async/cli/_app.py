@@ -232,9 +232,11 @@ def register_commands() -> click.Group:
     """Attach every command to the group (idempotent) and return it."""
     from vastai_async.cli import _commands  # noqa: F401  (registers the commands)
     from vastai_async.cli._demo import demo_cmd
+    from vastai_async.cli.hosts_cmd import hosts_cmd
     from vastai_async.cli.sandbox_cmd import sandbox_cmd
 
     cli.add_command(sandbox_cmd)
+    cli.add_command(hosts_cmd)
     cli.add_command(demo_cmd)
     return cli
 

@@ -145,7 +145,12 @@ async def test_stdin_signals_and_an_interactive_terminal_reach_the_shell(
     ) as conn:
         piped = await conn.run("tr a-z A-Z", input="hello stdin\n")
         assert piped.stdout == "HELLO STDIN\n"
-        trapped = await conn.create_process("trap 'echo got INT; exit 7' INT; echo ready; read x")
+        # Not `read x`: a signal landing between `echo` and `read` (a busy machine) would leave
+        # dash blocked in read(2) with the trap pending. A loop of short sleeps runs the trap
+        # wherever the signal lands.
+        trapped = await conn.create_process(
+            "trap 'echo got INT; exit 7' INT; echo ready; while :; do sleep 0.05; done"
+        )
         assert await asyncio.wait_for(trapped.stdout.readline(), HANG_S) == "ready\n"
         trapped.send_signal("INT")
         done = await asyncio.wait_for(trapped.wait(), HANG_S)

@@ -36,8 +36,10 @@ import attrs
 
 from vastai_async._logging import get_logger
 from vastai_async.errors import (
+    APIStatusError,
     AuthenticationError,
     CreateOutcomeUnknownError,
+    OfferUnavailableError,
     PermissionDeniedError,
     TeardownError,
     VastAIError,
@@ -241,13 +243,22 @@ class Custody:
                 ticket.offer_id, request, before_send=ticket.before_send
             )
             instance_id = int(response.new_contract)
-        except CreateOutcomeUnknownError:
-            lot.lost_creates += 1
-            lot.watch_until = time.monotonic() + self._window_s
-            lot.sweep_due = lot.settling
-            self._forget_ticket(ticket, wake=True)
-            raise
-        except BaseException:
+        except BaseException as err:
+            if ticket.sending and _may_have_created(err):
+                # The request left and no answer proves it did nothing (a lost answer, or any
+                # failure after sending that is not the server's refusal): watch its label.
+                if not isinstance(err, CreateOutcomeUnknownError):
+                    self._log.warning(
+                        "create on offer %s failed after it was sent (%s); watching label %s",
+                        ticket.offer_id,
+                        type(err).__name__,
+                        lot.label,
+                    )
+                lot.lost_creates += 1
+                lot.watch_until = time.monotonic() + self._window_s
+                lot.sweep_due = lot.settling
+                self._forget_ticket(ticket, wake=True)
+                raise
             self._forget_ticket(ticket, wake=False)
             raise
         # Record the instance before the ticket goes: a waiter must never see the lot resolved
@@ -556,6 +567,14 @@ class Custody:
                 )
                 lot.watch_until = None
                 self._gc(lot)
+
+
+def _may_have_created(err: BaseException) -> bool:
+    # Only a refusal by the server (a 4xx, or 200 with ``success: false``) or a withdrawal
+    # proves a create did nothing once it was sent.
+    if isinstance(err, CreateWithdrawnError | OfferUnavailableError):
+        return False
+    return not (isinstance(err, APIStatusError) and err.status is not None and err.status < 500)
 
 
 def _retrieve(task: asyncio.Task[int]) -> None:

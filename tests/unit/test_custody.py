@@ -8,7 +8,13 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from vastai_async.custody import CreateWithdrawnError, Custody
-from vastai_async.errors import AuthenticationError, CreateOutcomeUnknownError, TeardownError
+from vastai_async.errors import (
+    AuthenticationError,
+    BadRequestError,
+    CreateOutcomeUnknownError,
+    ResponseValidationError,
+    TeardownError,
+)
 from vastai_async.models import CreateInstanceRequest, CreateInstanceResponse, Instance
 
 REQUEST = CreateInstanceRequest(image="ubuntu", label="vastai-async:o:j:r")
@@ -172,3 +178,42 @@ async def test_after_close_a_destroy_fails_at_once_naming_the_instance() -> None
     with pytest.raises(TeardownError, match="closed") as info:
         await c.destroy([9], budget_s=30.0, reason="terminate")
     assert info.value.instance_ids == (9,)
+
+
+async def test_a_create_that_fails_oddly_after_it_was_sent_is_watched_by_label() -> None:
+    """Not only a lost answer: any failure after sending that is not a refusal may have rented."""
+    cloud = FakeCloud()
+    c = custody(cloud)
+    lot = c.open_lot("vastai-async:o:j:r")
+
+    async def garbled(*args: object, before_send: Callable[[], None] | None = None) -> object:
+        assert before_send is not None
+        before_send()
+        cloud.next_id += 1
+        cloud.alive[cloud.next_id] = "vastai-async:o:j:r"  # carried out ...
+        raise ResponseValidationError("answer is not JSON")  # ... but the answer is garbage
+
+    cloud.create_instance = garbled  # type: ignore[method-assign]
+    with pytest.raises(ResponseValidationError):
+        await c.create(lot, 1, REQUEST)
+    await c.settle(lot, keep=None, budget_s=1.0)
+    await c.drain(1.0)
+    assert cloud.alive == {}
+    await c.close()
+
+
+async def test_a_refused_create_is_not_watched() -> None:
+    cloud = FakeCloud()
+    c = custody(cloud)
+    lot = c.open_lot("vastai-async:o:j:r")
+
+    async def refused(*args: object, before_send: Callable[[], None] | None = None) -> object:
+        assert before_send is not None
+        before_send()
+        raise BadRequestError("invalid_args", status=400)
+
+    cloud.create_instance = refused  # type: ignore[method-assign]
+    with pytest.raises(BadRequestError):
+        await c.create(lot, 1, REQUEST)
+    assert lot.lost_creates == 0
+    await c.close()

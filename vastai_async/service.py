@@ -638,32 +638,46 @@ class VastAIService(AsyncComputeProvider):
         await self.known_hosts.aremove(instance_id)
         return results.get(instance_id, True)
 
-    async def get_rental(self, instance_id: int) -> Rental:
-        """Rebuild a :class:`Rental` for an instance of ours from its pinned host key.
+    async def get_rental(self, instance_id: int, *, require_label: bool = True) -> Rental:
+        """Rebuild a :class:`Rental` for an instance from its pinned host key.
+
+        Args:
+            instance_id: the instance.
+            require_label: refuse an instance without our label (default). ``False`` accepts
+                any instance of the account (one rented by hand or another tool): with no host
+                key pinned for it yet, the first login captures and pins one (trust on first
+                use, bound to the instance id). The rental does not own such a machine any more
+                than you do: ``async with rental`` and ``terminate()`` still destroy it.
 
         Raises:
-            NotFoundError: no such instance, or it is not labelled as ours.
-            SSHError: no host key was pinned for it in this state directory (use :meth:`adopt`).
+            NotFoundError: no such instance, or (``require_label``) it is not labelled as ours.
+            SSHError: no host key was pinned for one of ours in this state directory (use
+                :meth:`adopt`), or no login to an unlabelled one within the SSH deadline.
         """
         instance_id = validate_instance_id(instance_id)
         inst = await self.client.show_instance(instance_id)
         parsed = parse_label(inst.label)
-        if parsed is None:
-            raise NotFoundError(f"instance {instance_id} does not carry a vastai-async label")
+        if parsed is None and require_label:
+            raise NotFoundError(
+                f"instance {instance_id} does not carry a vastai-async label "
+                "(require_label=False, or --any-label on the command line, accepts it)"
+            )
         pin = await self.known_hosts.aget(instance_id)
         if pin is None:
-            raise SSHError(
-                "no host key pinned for this instance in this state directory; use adopt()",
-                instance_id=instance_id,
-            )
+            if parsed is not None:
+                raise SSHError(
+                    "no host key pinned for this instance in this state directory; use adopt()",
+                    instance_id=instance_id,
+                )
+            return await self._first_contact(inst, job_id="unlabeled", label=inst.label or "")
         endpoint = next(
             (e for e in inst.ssh_endpoints() if (e.host, e.port) == (pin.host, pin.port)),
             SSHEndpoint(host=pin.host, port=pin.port, kind="proxy"),
         )
         info = RentalInfo(
             instance_id=instance_id,
-            job_id=parsed.job_id,
-            owner=parsed.owner or self.owner,
+            job_id=parsed.job_id if parsed is not None else "unlabeled",
+            owner=(parsed.owner if parsed is not None else None) or self.owner,
             label=inst.label or "",
             ssh=endpoint,
             host_key=pin.key,
@@ -691,14 +705,19 @@ class VastAIService(AsyncComputeProvider):
         self._hold_owner_lock()  # it will carry our owner id: a reaper must see us alive
         label = race_label(self.owner, parsed.job_id, new_race_id())
         await self.client.set_label(instance_id, label)
+        return await self._first_contact(inst, job_id=parsed.job_id, label=label)
+
+    async def _first_contact(self, inst: Instance, *, job_id: str, label: str) -> Rental:
+        # Prove a login (the one probe-until-login the SDK uses to prove readiness), check or
+        # pin the host key, and hand back a Rental.
+        instance_id = inst.id
         client_key = self._key()
         pin = await self.known_hosts.aget(instance_id)
         endpoints = inst.ssh_endpoints()
         if not endpoints:
-            raise SSHError("adopt: the instance lists no SSH endpoint", instance_id=instance_id)
+            raise SSHError("the instance lists no SSH endpoint", instance_id=instance_id)
         timings = self.timings
         try:
-            # The same probe-until-login the SDK uses everywhere it proves readiness.
             res = await wait_for_login(
                 [(e.host, e.port) for e in endpoints],
                 client_key=client_key,
@@ -710,7 +729,7 @@ class VastAIService(AsyncComputeProvider):
             )
         except SSHLoginTimeoutError as err:
             last = "; ".join(f"{r.port}: {r.reason}" for r in err.results) or "no attempt"
-            raise SSHError(f"adopt: no SSH login ({last})", instance_id=instance_id) from err
+            raise SSHError(f"no SSH login ({last})", instance_id=instance_id) from err
         assert res.host_key is not None
         if pin is not None and pin.key.split()[:2] != res.host_key.split()[:2]:
             raise SSHError("host key differs from the pinned one", instance_id=instance_id)
@@ -718,7 +737,7 @@ class VastAIService(AsyncComputeProvider):
         await self.known_hosts.apin(instance_id, endpoint.host, endpoint.port, res.host_key)
         info = RentalInfo(
             instance_id=instance_id,
-            job_id=parsed.job_id,
+            job_id=job_id,
             owner=self.owner,
             label=label,
             ssh=endpoint,

@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 
 from tests.cli._runner import lines, vast_cli
+from vastai_async.models import CreateInstanceRequest
 from vastai_async.query import OfferQuery
 from vastai_async.sandbox import Sandbox
 from vastai_async.sandbox_link import sandbox_config
@@ -331,3 +332,32 @@ async def test_provision_hedge_flag_reaches_the_race(vastai_sandbox: Sandbox) ->
     assert refused.code != 0
     assert "hedge.start=3 is above fan_out=2" in refused.err
     assert "created instance" not in refused.err
+
+
+async def test_ssh_and_run_refuse_an_unlabelled_instance_unless_told_then_pin_its_key(
+    vastai_sandbox: Sandbox, same_state_service: VastAIService
+) -> None:
+    """An instance rented by hand: refused by default, reachable with --any-label (TOFU pin)."""
+    vast = same_state_service
+    offer = (await vast.search_offers(limit=1))[0]
+    made = await vast.client.create_instance(offer.id, CreateInstanceRequest(image="ubuntu"))
+    instance_id = made.new_contract
+    await vast.client.add_ssh_key(vast.config.ssh_identity()[1])  # the account's key
+    await vastai_sandbox.wait_status(instance_id, "running")
+
+    refused = await vast_cli("run", str(instance_id), "echo hi", sandbox=vastai_sandbox)
+    assert refused.code != 0
+    assert "--any-label" in refused.err
+    ran, ssh = await asyncio.gather(
+        vast_cli("run", "--any-label", str(instance_id), "echo hi", sandbox=vastai_sandbox),
+        vast_cli("ssh", "--any-label", str(instance_id), sandbox=vastai_sandbox),
+    )
+    assert ran.code == 0, ran.err
+    assert ran.out == "hi\n"
+    assert ssh.code == 0, ssh.err
+    assert "StrictHostKeyChecking=yes" in ssh.out
+    # The first login pinned the host key: the same command works from the pin now.
+    again = await vast_cli("run", "--any-label", str(instance_id), "true", sandbox=vastai_sandbox)
+    assert again.code == 0, again.err
+    assert vastai_sandbox.instance(instance_id).label is None  # we never relabel it
+    await vast.terminate_instance(instance_id)

@@ -605,8 +605,13 @@ def _print_winner(rental: Any, progress: ProgressPrinter, *, kept: bool, as_json
 @cli.command("ssh")
 @click.argument("instance_id", type=int)
 @click.option("--exec", "do_exec", is_flag=True, help="Run ssh instead of printing the line.")
+@click.option(
+    "--any-label",
+    is_flag=True,
+    help="Accept an instance without our label (its host key is pinned at first login).",
+)
 @click.pass_context
-def ssh_cmd(ctx: click.Context, instance_id: int, do_exec: bool) -> None:
+def ssh_cmd(ctx: click.Context, instance_id: int, do_exec: bool, any_label: bool) -> None:
     """Print (or exec) the ssh line for an instance, with its pinned host key.
 
     \b
@@ -617,7 +622,7 @@ def ssh_cmd(ctx: click.Context, instance_id: int, do_exec: bool) -> None:
 
     async def run() -> str:
         async with make_service(ctx) as vast:
-            rental = await vast.get_rental(instance_id)
+            rental = await vast.get_rental(instance_id, require_label=not any_label)
             return rental.ssh_command()
 
     line = run_command(ctx, run)
@@ -630,8 +635,15 @@ def ssh_cmd(ctx: click.Context, instance_id: int, do_exec: bool) -> None:
 @cli.command("run", context_settings={"ignore_unknown_options": True})
 @click.argument("instance_id", type=int)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option(
+    "--any-label",
+    is_flag=True,
+    help="Accept an instance without our label (its host key is pinned at first login).",
+)
 @click.pass_context
-def run_cmd(ctx: click.Context, instance_id: int, command: tuple[str, ...]) -> None:
+def run_cmd(
+    ctx: click.Context, instance_id: int, command: tuple[str, ...], any_label: bool
+) -> None:
     """Run a command on a rental over SSH (pinned host key) and print its output.
 
     One argument is a shell line; several (after ``--``) are quoted word by word. Exits with
@@ -646,7 +658,7 @@ def run_cmd(ctx: click.Context, instance_id: int, command: tuple[str, ...]) -> N
 
     async def run() -> int:
         async with make_service(ctx) as vast:
-            rental = await vast.get_rental(instance_id)
+            rental = await vast.get_rental(instance_id, require_label=not any_label)
             result = await rental.run(line)
         click.echo(result.stdout, nl=False)
         click.echo(result.stderr, nl=False, err=True)

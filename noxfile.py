@@ -104,6 +104,25 @@ def bench(session: nox.Session) -> None:
     )
 
 
+@nox.session(name="bench_reputation")
+def bench_reputation(session: nox.Session) -> None:
+    """Host reputation figures (~7 min): bench-reputation.json and the expected-vs-measured plot.
+
+    Copy its ``figures`` into bench-results.json's ``figures`` (the reputation.* keys).
+    """
+    session.install("-e", ".[bench]")
+    session.run(
+        "python",
+        "-m",
+        "tests.benchmarks.reputation",
+        "--out",
+        "bench-reputation.json",
+        "--plot",
+        "docs/img/hosts-expected-vs-measured.png",
+        *session.posargs,
+    )
+
+
 @nox.session
 def chaos(session: nox.Session) -> None:
     """Hundreds of seeded fault combinations and cancellation cuts; prints the summary table."""

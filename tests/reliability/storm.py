@@ -195,8 +195,8 @@ def _dump(
                 {"route": r.route, "path": r.path, "at": r.at, "status": r.status,
                  "body": r.body[:300]}
                 for r in sb.requests
-                if str(iid) in r.path or str(iid) in r.body or (label and label in r.body)
-                or (label and label in json.dumps(r.query))
+                if str(iid) in r.path or str(iid) in r.body or str(iid) in json.dumps(r.query)
+                or (label and label in r.body) or (label and label in json.dumps(r.query))
             ]  # fmt: skip
             job = label.split(":")[2] if label.count(":") >= 3 else ""
             record = {

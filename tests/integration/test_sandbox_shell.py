@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -330,3 +331,19 @@ async def test_the_end_to_end_example_of_the_docs_passes(
     exec(compile(_docs_block("## Testing a real job end to end"), "sandbox.md", "exec"), namespace)  # noqa: S102
     test = namespace["test_my_job_and_my_server"]
     await test(vastai_service, vastai_sandbox, tmp_path)  # type: ignore[operator]
+
+
+async def test_a_shell_trap_works_even_when_the_sandbox_was_started_ignoring_sigint(
+    rental: Rental,
+) -> None:
+    """A container's processes start with default signals, whatever the sandbox inherited.
+
+    A process started as a background job (``cmd &``) ignores SIGINT, and a shell cannot trap a
+    signal ignored at its start: the interrupt test hung under ``saturate ... &`` until fixed.
+    """
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job has it
+    try:
+        result = await rental.run("trap 'echo trapped' INT; kill -INT $$; echo after")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert result.stdout == "trapped\nafter\n"

@@ -259,7 +259,7 @@ class Container:
         if not self.workdir.is_dir():
             self.create()
         proc = await asyncio.create_subprocess_exec(
-            *args,
+            *_with_default_signals(args),
             cwd=self.workdir,
             env=self.env(term=term),
             start_new_session=True,
@@ -370,3 +370,20 @@ def _kill_leftovers() -> None:
     # A sandbox not closed (a crashed test run) must still leave no process behind.
     for container in list(_LIVE):
         container.kill_now()
+
+
+def _with_default_signals(args: tuple[str, ...]) -> tuple[str, ...]:
+    # A real container starts its processes with default signal dispositions; ours inherit this
+    # process's. Started as a background job (``cmd &``), SIGINT and SIGQUIT are ignored, and a
+    # shell cannot trap a signal that was ignored when it started (POSIX), so ``trap ... INT``
+    # would silently do nothing. GNU env resets them and execs (no extra process); preexec_fn
+    # would too, but it is unsafe in a process with threads.
+    ignored = [
+        name
+        for sig, name in ((signal.SIGINT, "INT"), (signal.SIGQUIT, "QUIT"))
+        if signal.getsignal(sig) == signal.SIG_IGN
+    ]
+    env = shutil.which("env")
+    if not ignored or env is None:
+        return args
+    return (env, f"--default-signal={','.join(ignored)}", *args)

@@ -68,6 +68,7 @@ def mindeps(session: nox.Session) -> None:
         "pytest-timeout",
         "aioresponses",
         "hypothesis",
+        "jsonschema",  # the contract plugin (tests/contract) checks every request in the suite
     )
     session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
     session.run("pytest", "-q", "tests/unit", *session.posargs)

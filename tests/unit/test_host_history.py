@@ -143,6 +143,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         return
     if not REDIS_URL:
         pytest.skip("VASTAI_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6390)")
+    # The redis client is the optional `arq` extra (absent from `nox -s mindeps`).
+    pytest.importorskip("redis", reason="the redis package (the 'arq' extra) is not installed")
     redis = RedisHostHistory(
         REDIS_URL, prefix=f"test-hosts-{secrets.token_hex(4)}:", max_per_machine=3
     )

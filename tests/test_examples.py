@@ -158,7 +158,9 @@ async def test_race_offers_prints_progress_runs_the_command_and_tears_down(
     assert "$ nvidia-smi -L\nGPU 0: " in out
     assert "destroyed" in out
     assert "race spend" in out
-    assert len(created_bodies(vastai_sandbox)) == 3, out
+    creates = [r.status for r in vastai_sandbox.requests if r.route == CREATE_ROUTE]
+    # A create the sandbox's limiter answered 429 is retried by the session (it did nothing).
+    assert len([s for s in creates if s != 429]) == 3, (creates, out)
     assert vastai_sandbox.alive_instance_ids() == set()
 
 

@@ -236,6 +236,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench-reputation.json"))
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument(
+        "--merge-into",
+        type=Path,
+        default=None,
+        help="also write the figures into this bench-results.json (its figures and reputation)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--history", type=int, default=50)
     parser.add_argument("--trials", type=int, default=10)
@@ -250,8 +256,9 @@ def main() -> None:
         asyncio.run(run_seed(seed, history=args.history, trials=args.trials, spec=spec))
         for seed in args.seeds
     ]
+    figs = figures(seeds)
     doc = {
-        "figures": figures(seeds),
+        "figures": figs,
         "settings": {
             "seeds": args.seeds,
             "history": args.history,
@@ -262,10 +269,20 @@ def main() -> None:
         },
         "seeds": seeds,
     }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    if args.merge_into is not None and args.merge_into.exists():
+        results = json.loads(args.merge_into.read_text())
+        results.setdefault("figures", {}).update({f["figure"]: f["value"] for f in figs})
+        results["reputation"] = {
+            "source": "python -m tests.benchmarks.reputation",
+            "figures": figs,
+            "settings": doc["settings"],
+        }
+        args.merge_into.write_text(json.dumps(results, indent=2) + "\n")
     if args.plot is not None:
         plot(seeds, args.plot)
-    for fig in doc["figures"]:
+    for fig in figs:
         print(f"{fig['figure']}: {fig['value']} (target {fig['target']}, met {fig['met']})")
 
 

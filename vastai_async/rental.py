@@ -10,6 +10,7 @@ first login: a changed host key or a refused key fails fast with an
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -119,7 +120,9 @@ class Rental:
         Idempotent: a second call asks Vast again and reports ``False``.
         """
         self._terminated = True
-        await self.close()
+        # Closing our SSH link must never keep the machine alive.
+        with contextlib.suppress(Exception):
+            await self.close()
         return await self._owner.terminate(self.info.instance_id)
 
     async def detach(self, label: str | None = None) -> None:

@@ -42,9 +42,10 @@ from vastai_async.errors import (
     InvalidRequestError,
     NotFoundError,
     OfferUnavailableError,
-    ProvisioningError,
     ServiceClosedError,
     SSHError,
+    TeardownError,
+    VastAIError,
 )
 from vastai_async.events import EventCallback, EventEmitter, SSHKeyPath
 from vastai_async.hedging import BootTimes, HedgePolicy, validate_hedge
@@ -405,8 +406,10 @@ class VastAIService(AsyncComputeProvider):
     async def _discard_race(self, task: asyncio.Task[Rental]) -> None:
         try:
             rental = await task
-        except (asyncio.CancelledError, ProvisioningError, ServiceClosedError):
-            return
+        except TeardownError:
+            raise  # it names what may still be alive: the caller must see it
+        except (asyncio.CancelledError, VastAIError):
+            return  # nothing of this race outlived it; the caller's cancellation wins
         await rental.terminate()
 
     async def _provision(

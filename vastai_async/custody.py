@@ -146,13 +146,27 @@ class Lot:
         """No create of it in flight and nothing of it waiting to be confirmed gone."""
         return not self.tickets and not self.pending
 
+    @property
+    def lost_unfound(self) -> bool:
+        """Its race ended with creates whose answer was lost and not all of them found."""
+        return self.settling and self.label is not None and self.found_by_label < self.lost_creates
+
     def watching(self, now: float) -> bool:
         """Whether its label is still swept for creates whose answer was lost."""
-        if not self.settling or self.label is None or self.found_by_label >= self.lost_creates:
-            return False
         # One sweep right after the race ends, however old the lost answer: an instance that
         # landed while the race ran (and that the race did not adopt) carries its label.
-        return self.sweep_due or (self.watch_until is not None and now < self.watch_until)
+        return self.lost_unfound and (
+            self.sweep_due or (self.watch_until is not None and now < self.watch_until)
+        )
+
+    def window_closed(self, now: float) -> bool:
+        """Its lost creates' watch window passed (after the sweep due) with some never found."""
+        return (
+            self.lost_unfound
+            and not self.sweep_due
+            and self.watch_until is not None
+            and now >= self.watch_until
+        )
 
     def unresolved_labels(self, now: float) -> list[str]:
         """Its label, when a create of it is in flight or its lost answer is still watched."""
@@ -283,7 +297,7 @@ class Custody:
         lot.known.add(instance_id)
         lot.found_by_label += 1
         if lot.settling:
-            self._doom(lot, instance_id, "found by label after its race ended")
+            self._doom(lot, instance_id, "found by label (a create whose answer was lost)")
             self._kick()
         else:
             lot.live.add(instance_id)
@@ -499,15 +513,13 @@ class Custody:
             lot.sweep_due = False
             for inst in listed:
                 if inst.id not in lot.known and inst.id != lot.kept:
-                    lot.known.add(inst.id)
-                    lot.found_by_label += 1
                     self._log.warning(
                         "instance %s under label %s came from a create whose answer was lost: "
                         "destroying it",
                         inst.id,
                         lot.label,
                     )
-                    self._doom(lot, inst.id, "found by label (a create whose answer was lost)")
+                    self.adopt(lot, inst.id)  # the lot is settling: adopting dooms it
         # 2. Destroy everything doomed and not sent within the last tick: one request.
         due = [
             i
@@ -550,14 +562,8 @@ class Custody:
     def _expire_watches(self) -> None:
         now = time.monotonic()
         for lot in list(self._lots):
-            if (
-                lot.settling
-                and lot.label is not None
-                and lot.found_by_label < lot.lost_creates
-                and not lot.sweep_due
-                and lot.watch_until is not None
-                and now >= lot.watch_until
-            ):
+            if lot.window_closed(now):
+                assert lot.label is not None
                 self._log.warning(
                     "a create under label %s lost its answer and no instance showed up within "
                     "%g s; if one appears later it bills unseen: run `%s`",

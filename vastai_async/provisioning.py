@@ -165,11 +165,6 @@ class Race:
         """The label of every instance this race creates."""
         return self._label
 
-    @property
-    def live_instance_ids(self) -> list[int]:
-        """Instances this race created and has not yet confirmed destroyed."""
-        return sorted(self._created)
-
     async def run(self) -> RaceResult:
         """Race the candidates; return the winner or raise.
 

@@ -124,6 +124,11 @@ class Lot:
         live: instances created for the race and not doomed (candidates, the winner).
         pending: doomed instances not yet confirmed gone.
         results: confirmed gone: ``True`` destroyed by us, ``False`` already gone.
+        lost_creates: creates of it whose answer was lost (each may have rented one instance).
+        found_by_label: unknown instances its label showed, not (yet) claimed by a create's
+            answer: each stands for one lost create. One seen while its create's answer was
+            still on the way is taken out again when that answer arrives, so it never stands in
+            for a lost create whose instance has not landed yet.
     """
 
     label: str | None
@@ -136,7 +141,7 @@ class Lot:
     settling: bool = False
     kept: int | None = None
     lost_creates: int = 0
-    found_by_label: int = 0
+    found_by_label: set[int] = attrs.field(factory=set)
     watch_until: float | None = None
     sweep_due: bool = False
     error: VastAIError | None = None
@@ -149,7 +154,11 @@ class Lot:
     @property
     def lost_unfound(self) -> bool:
         """Its race ended with creates whose answer was lost and not all of them found."""
-        return self.settling and self.label is not None and self.found_by_label < self.lost_creates
+        return (
+            self.settling
+            and self.label is not None
+            and len(self.found_by_label) < self.lost_creates
+        )
 
     def watching(self, now: float) -> bool:
         """Whether its label is still swept for creates whose answer was lost."""
@@ -278,6 +287,9 @@ class Custody:
         # Record the instance before the ticket goes: a waiter must never see the lot resolved
         # while an instance of it is neither live nor doomed.
         lot.known.add(instance_id)
+        # A sweep may have listed it before this answer came: then it was this create's, not a
+        # lost one's, and the label is watched again (within the window) for the lost one.
+        lot.found_by_label.discard(instance_id)
         if lot.settling:
             self._doom(lot, instance_id, "create answered after its race ended")
         else:
@@ -295,7 +307,7 @@ class Custody:
     def adopt(self, lot: Lot, instance_id: int) -> None:
         """Record an instance of ``lot`` found by its label (a create whose answer was lost)."""
         lot.known.add(instance_id)
-        lot.found_by_label += 1
+        lot.found_by_label.add(instance_id)
         if lot.settling:
             self._doom(lot, instance_id, "found by label (a create whose answer was lost)")
             self._kick()
@@ -333,7 +345,7 @@ class Custody:
     def _begin_settle(self, lot: Lot, keep: int | None) -> None:
         lot.settling = True
         lot.kept = keep
-        lot.sweep_due = lot.lost_creates > lot.found_by_label
+        lot.sweep_due = lot.lost_creates > len(lot.found_by_label)
         for ticket in list(lot.tickets):
             ticket.withdrawn = True
             if not ticket.sending and ticket.task is not None:

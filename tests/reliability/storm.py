@@ -4,7 +4,8 @@ One storm is a fresh sandbox with a large market, one service, and ``provisions`
 ``provision_instance`` calls (fan-out 1 to 3) while creates are slow or lose their answers; a
 seeded third of the calls is cancelled at seeded request counts, and in some storms the service
 is closed with races still in flight. Afterwards, every instance still alive must be named by a
-``TeardownError`` the calls or ``close()`` raised (ideally none is alive), and every failure must
+``TeardownError`` the calls or ``close()`` raised, by its id or by its label (a create still in
+flight when the error was raised; ideally nothing is alive), and every failure must
 be typed. An instance whose create lost its answer and landed after custody's watch window is
 named by the WARNING custody logs (its label and the reap command): it counts as named too, and
 is reported separately.
@@ -143,8 +144,12 @@ async def _storm(seed: int, key_path: Path, state_dir: Path, warnings: _Warnings
         landed_by = max((r.at for r in sb.requests), default=0.0) + _SLOW_S + 0.05
         await asyncio.sleep(max(0.0, landed_by - time.time()))
         alive = set(sb.alive_instance_ids())
-        named = {i for r in [*results, close_error] if isinstance(r, TeardownError)
-                 for i in r.instance_ids}  # fmt: skip
+        errors = [r for r in [*results, close_error] if isinstance(r, TeardownError)]
+        # An error names an instance by id, or by label while its create was still in flight.
+        named_labels = {label for err in errors for label in err.labels}
+        named = {i for err in errors for i in err.instance_ids} | {
+            i for i in alive if sb.instance(i).label in named_labels
+        }
         warned = {i for i in alive - named if sb.instance(i).label in warnings.labels}
         if alive - named - warned and (dump := os.environ.get("STORM_DEBUG")):
             jobs = {f"s{seed}-{i}": r for i, r in enumerate(results)}

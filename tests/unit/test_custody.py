@@ -217,3 +217,53 @@ async def test_a_refused_create_is_not_watched() -> None:
         await c.create(lot, 1, REQUEST)
     assert lot.lost_creates == 0
     await c.close()
+
+
+async def test_an_instance_of_a_create_in_flight_does_not_stand_in_for_a_lost_one() -> None:
+    """The storm leak: a sweep sees a create in flight's instance before its answer arrives.
+
+    Create A loses its answer and its instance lands late; create B's instance exists but B's
+    answer is still on its way when the race settles. The sweep lists the label, sees B's
+    instance (unknown yet) and must not count it as A's: A's instance, landing afterwards
+    within the window, is found and destroyed too.
+    """
+    label = "vastai-async:o:j:r"
+    cloud = FakeCloud()
+    c = Custody(cloud, interval_s=0.01, lost_create_window_s=0.3)
+    lot = c.open_lot(label)
+    b_sent, b_answer = asyncio.Event(), asyncio.Event()
+
+    async def create(
+        offer_id: int, request: CreateInstanceRequest, *, before_send: Callable[[], None] | None
+    ) -> CreateInstanceResponse:
+        assert before_send is not None
+        before_send()
+        if offer_id == 1:  # A: the answer is lost; the server carries it out later
+            raise CreateOutcomeUnknownError("answer lost", label=label)
+        cloud.alive[201] = label  # B: carried out at once, answered late
+        b_sent.set()
+        await b_answer.wait()
+        return CreateInstanceResponse(success=True, new_contract=201)
+
+    swept = asyncio.Event()
+    destroy = cloud._destroy
+
+    async def destroy_and_tell(ids: Sequence[int]) -> bool:
+        swept.set()  # only B's instance can be destroyed here: the sweep found it
+        return await destroy(ids)
+
+    cloud.create_instance = create  # type: ignore[method-assign]
+    cloud._destroy = destroy_and_tell  # type: ignore[method-assign]
+    with pytest.raises(CreateOutcomeUnknownError):
+        await c.create(lot, 1, REQUEST)
+    b = asyncio.ensure_future(c.create(lot, 2, REQUEST))
+    await b_sent.wait()
+    settle = asyncio.ensure_future(c.settle(lot, keep=None, budget_s=5.0))
+    await swept.wait()  # the sweep found B's instance while B's answer is not yet in
+    b_answer.set()
+    assert await b == 201
+    cloud.alive[202] = label  # A's create lands now, inside its window
+    await settle
+    await c.drain(5.0)
+    assert cloud.alive == {}
+    await c.close()

@@ -694,7 +694,9 @@ class VastAIService(AsyncComputeProvider):
         """Take over an instance of ours (e.g. left by an earlier try of the same job).
 
         Relabels it with this service's owner, proves an SSH login (capturing and pinning the
-        host key if this state directory has none), and returns a :class:`Rental`.
+        host key if this state directory has none), and returns a :class:`Rental`. The host
+        history (when the service has one) records how its machine answered: ``adopted``, or
+        the failure's kind (``ssh_refused`` when no login came).
 
         Raises:
             NotFoundError: no such instance, or not labelled as ours.
@@ -708,7 +710,13 @@ class VastAIService(AsyncComputeProvider):
         self._hold_owner_lock()  # it will carry our owner id: a reaper must see us alive
         label = race_label(self.owner, parsed.job_id, new_race_id())
         await self.client.set_label(instance_id, label)
-        return await self._first_contact(inst, job_id=parsed.job_id, label=label)
+        try:
+            rental = await self._first_contact(inst, job_id=parsed.job_id, label=label)
+        except SSHError as err:  # about the machine (not, say, our own key): remember it
+            self._reputation.save_adopted(inst, err)
+            raise
+        self._reputation.save_adopted(inst, None)
+        return rental
 
     async def _first_contact(self, inst: Instance, *, job_id: str, label: str) -> Rental:
         # Prove a login (the one probe-until-login the SDK uses to prove readiness), check or

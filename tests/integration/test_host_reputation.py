@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 
 import pytest
 
-from vastai_async import InvalidRequestError, VastAIConfig, VastAIService
+from vastai_async import InvalidRequestError, SSHError, VastAIConfig, VastAIService
 from vastai_async.events import CandidateChosen, Event, InstanceCreated
 from vastai_async.models import Offer
 from vastai_async.reputation import (
@@ -236,3 +236,38 @@ async def test_a_custom_ranker_and_no_history(
     assert any(isinstance(e, OffersRanked) for e in events)
     chosen = [e.offer_id for e in events if isinstance(e, CandidateChosen)]
     assert len(chosen) == 1
+
+
+async def test_adopt_records_how_the_machine_answered(
+    vastai_config: VastAIConfig, vastai_sandbox: Sandbox
+) -> None:
+    """``adopt`` touches a machine too: a proven login is ``adopted``, none is ``ssh_refused``."""
+    async with VastAIService(config=vastai_config, host_history=False) as first:
+        offer, other = await distinct(first, 2)
+        rental = await first.provision_instance(job_id="rep-a", offers=[offer])
+        await rental.close()  # the machine stays; this service lets go of it
+    instance_id = rental.instance_id
+    assert await store_of(vastai_config).history() == []  # nothing recorded by that service
+    async with VastAIService(config=vastai_config) as vast:
+        adopted = await vast.adopt(instance_id)
+        await adopted.run("true")
+        await adopted.close()
+    (ok,) = await store_of(vastai_config).history()
+    assert (ok.kind, ok.machine_id, ok.instance_id) == ("adopted", offer.machine_id, instance_id)
+    assert ok.offer_id is None  # an instance does not say which offer it came from
+    assert ok.login_s is None  # its boot was not seen: no time to learn from
+    assert ok.dph_total == offer.dph_total
+
+    vastai_sandbox.ssh_server(instance_id).faults.refuse = True
+    timings = vastai_config.timings.replace(ssh_s=0.5)
+    async with VastAIService(config=vastai_config, timings=timings) as vast:
+        with pytest.raises(SSHError, match="no SSH login"):
+            await vast.adopt(instance_id)
+        await vast.terminate_instance(instance_id)
+    refused, again = await store_of(vastai_config).history()  # newest first
+    assert (refused.kind, refused.machine_id) == (OutcomeKind.SSH_REFUSED, offer.machine_id)
+    assert again == ok
+    # The fatal failure pushes the machine behind one never seen.
+    ranking = await OfferRanker(store_of(vastai_config)).rank([offer, other])
+    assert [o.id for o in ranking.offers] == [other.id, offer.id]
+    assert vastai_sandbox.alive_instance_ids() == set()

@@ -273,7 +273,7 @@ class OfferRanker:
         successes = failures = 0.0
         for rank, rec in enumerate(recs):
             weight = 0.5 ** (rank / self.half_life)
-            if rec.kind in (OutcomeKind.WON, OutcomeKind.LOST_RUNNING):
+            if rec.kind in (OutcomeKind.WON, OutcomeKind.LOST_RUNNING, OutcomeKind.ADOPTED):
                 successes += weight
             elif rec.kind in OutcomeKind.FATAL:
                 failures += weight

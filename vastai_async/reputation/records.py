@@ -68,6 +68,9 @@ class OutcomeKind:
     OFFER_GONE = "offer_gone"
     #: Any other failure (a bid mismatch, an API error during its create...).
     FAILED = "failed"
+    #: An instance taken over by ``adopt()`` answered an SSH login: the machine works, but no
+    #: boot time is known (the instance was created earlier, often by another process).
+    ADOPTED = "adopted"
 
     #: Kinds that say the machine itself is broken: pushed back for a while by the ranker.
     FATAL = frozenset({STUCK, OCI_ERROR, OFFLINE, SSH_REFUSED})
@@ -76,7 +79,7 @@ class OutcomeKind:
     #: Every kind.
     ALL = frozenset(
         {WON, LOST_LOADING, LOST_RUNNING, STUCK, OCI_ERROR, OFFLINE, SSH_REFUSED, OUTBID}
-        | {OFFER_GONE, FAILED}
+        | {OFFER_GONE, FAILED, ADOPTED}
     )
 
 
@@ -87,7 +90,8 @@ class HostOutcome:
     Attributes:
         machine_id: the machine (Vast's ``machine_id``).
         host_id: the host (the owner of the machine) when the offer said.
-        offer_id: the offer rented.
+        offer_id: the offer rented (``None`` for an adopted instance: Vast's instance
+            listing does not say which offer it came from).
         instance_id: the instance made from it, if any.
         kind: how it ended (:class:`OutcomeKind`).
         reason: the race's words for it.
@@ -103,7 +107,7 @@ class HostOutcome:
 
     machine_id: int
     host_id: int | None = None
-    offer_id: int
+    offer_id: int | None
     instance_id: int | None = None
     kind: str
     reason: str = ""

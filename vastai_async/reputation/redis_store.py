@@ -26,7 +26,7 @@ __all__ = ["DEFAULT_PREFIX", "RedisHostHistory"]
 
 #: Default key prefix.
 DEFAULT_PREFIX = "vastai-async:hosts:"
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: offer_id may be null (adopted instances)
 
 
 class RedisHostHistory:

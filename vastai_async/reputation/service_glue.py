@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 from vastai_async.errors import InvalidRequestError
-from vastai_async.models import CreateInstanceRequest, Offer
+from vastai_async.models import CreateInstanceRequest, Instance, Offer
 from vastai_async.reputation.ranker import OfferRanker
 from vastai_async.reputation.ranking import OffersRanked, Ranking
-from vastai_async.reputation.records import HostHistory, HostOutcome, HostRecorder
+from vastai_async.reputation.records import (
+    HostHistory,
+    HostOutcome,
+    HostRecorder,
+    OutcomeKind,
+    classify_failure,
+)
 
 __all__ = ["HostReputation", "RankArg", "check_rank"]
 
@@ -92,10 +99,36 @@ class HostReputation:
 
     def save(self, recorder: HostRecorder | None) -> None:
         """Write what the race taught, in the background (never raises, never blocks)."""
-        if recorder is None or self.history is None:
+        if recorder is not None:
+            self._save(recorder.outcomes())
+
+    def save_adopted(self, inst: Instance, error: BaseException | None) -> None:
+        """Write what ``adopt()`` learned of ``inst``'s machine (``error``: its login failed).
+
+        A login proven is :attr:`OutcomeKind.ADOPTED` (the machine works; its boot time is
+        unknown); a failed one is classified like a race's (no SSH login: ``ssh_refused``).
+        """
+        if inst.machine_id is None:
             return
-        outcomes = recorder.outcomes()
-        if not outcomes:
+        if error is None:
+            kind, reason = OutcomeKind.ADOPTED, "SSH login proven on adopt"
+        else:
+            kind, reason = classify_failure(str(error)), f"adopt: {error}"
+        outcome = HostOutcome(
+            machine_id=inst.machine_id,
+            offer_id=None,
+            instance_id=inst.id,
+            kind=kind,
+            reason=reason,
+            image=inst.image_uuid,
+            dph_total=inst.dph_total,
+            gpu_name=inst.gpu_name,
+            at=time.time(),
+        )
+        self._save([outcome])
+
+    def _save(self, outcomes: Sequence[HostOutcome]) -> None:
+        if not outcomes or self.history is None:
             return
         task = asyncio.get_running_loop().create_task(self._write(self.history, outcomes))
         self._writes.add(task)

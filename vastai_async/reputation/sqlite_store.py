@@ -34,14 +34,14 @@ __all__ = ["FILE_NAME", "SCHEMA_VERSION", "SQLiteHostHistory"]
 FILE_NAME = "hosts.sqlite3"
 
 #: The schema this code writes (``PRAGMA user_version``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: offer_id may be NULL (adopted instances)
 
 _FIELDS = [f.name for f in attrs.fields(HostOutcome)]
 _COLUMNS = ", ".join(_FIELDS)
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS outcomes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    machine_id INTEGER NOT NULL, host_id INTEGER, offer_id INTEGER NOT NULL, instance_id INTEGER,
+    machine_id INTEGER NOT NULL, host_id INTEGER, offer_id INTEGER, instance_id INTEGER,
     kind TEXT NOT NULL, reason TEXT NOT NULL, image TEXT, dph_total REAL, reliability REAL,
     gpu_name TEXT, running_s REAL, login_s REAL, elapsed_s REAL, at REAL NOT NULL
 );

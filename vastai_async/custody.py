@@ -215,6 +215,9 @@ class Custody:
         self._closed = False
         #: Ticks run so far (tests and benchmarks read it).
         self.ticks = 0
+        #: Instances a label sweep saw before their create's answer came (the chaos run reads
+        #: it: each is a moment when a lost create's instance could have gone unwatched).
+        self.reclaimed = 0
 
     # -- lots -----------------------------------------------------------------------------
 
@@ -289,7 +292,9 @@ class Custody:
         lot.known.add(instance_id)
         # A sweep may have listed it before this answer came: then it was this create's, not a
         # lost one's, and the label is watched again (within the window) for the lost one.
-        lot.found_by_label.discard(instance_id)
+        if instance_id in lot.found_by_label:
+            lot.found_by_label.discard(instance_id)
+            self.reclaimed += 1
         if lot.settling:
             self._doom(lot, instance_id, "create answered after its race ended")
         else:

@@ -142,6 +142,10 @@ def storm_table(storms: list[StormOutcome]) -> str:
             sum(len(s.warned) for s in storms),
         ),
         ("of them named by nothing", sum(len(s.unnamed) for s in storms)),
+        (
+            "instances a label sweep saw before their create's answer (not taken for lost ones)",
+            sum(s.reclaimed for s in storms),
+        ),
     ]
     lines = ["| storm measure | value |", "|---|---:|"]
     lines += [f"| {name} | {value} |" for name, value in rows]

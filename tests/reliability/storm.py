@@ -50,6 +50,8 @@ class StormOutcome:
     leaked: tuple[int, ...]
     unnamed: tuple[int, ...]
     warned: tuple[int, ...] = ()
+    #: Instances custody's label sweep saw while their create's answer was still on the way.
+    reclaimed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -174,6 +176,7 @@ async def _storm(seed: int, key_path: Path, state_dir: Path, warnings: _Warnings
         leaked=tuple(sorted(alive)),
         unnamed=tuple(sorted(alive - named - warned)),
         warned=tuple(sorted(warned)),
+        reclaimed=vast._custody.reclaimed,  # a counter kept for this run; not public API
     )
 
 

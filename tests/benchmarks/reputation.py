@@ -16,6 +16,10 @@ vanished offers as the main benchmark), then:
 4. cold (run first): the SDK's default with an empty store (ranking on, but nothing known) vs
    the same race with no store at all, trial by trial on the same market.
 
+Besides: a burst of 100 rankings started together against a full SQLite store (its
+default bound, 20,000 records over 1,000 machines) with a fresh ranker, in wall seconds: a
+hundred provisions starting at once must not each read and fit the whole history.
+
 Time to SSH is from the call to the winner's proven login, in simulated seconds. The
 all-candidates oracle of a trial is the same race had it rented the best machine: its measured
 time minus its winner's boot latency plus the lowest current typical boot latency among the
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +45,14 @@ import attrs
 from tests.benchmarks.scenario import Scenario, ScenarioSpec, open_scenario, percentile
 from vastai_async.errors import VastAIError
 from vastai_async.events import Event, WinnerChosen
-from vastai_async.reputation import OffersRanked, SQLiteHostHistory
+from vastai_async.models import Offer
+from vastai_async.reputation import (
+    HostOutcome,
+    OfferRanker,
+    OffersRanked,
+    OutcomeKind,
+    SQLiteHostHistory,
+)
 from vastai_async.service import VastAIService
 
 IMAGE = "vastai/pytorch:latest"
@@ -159,8 +171,34 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def figures(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's ``reputation.*`` figures, pooled over seeds."""
+async def rank_burst(ranks: int, *, records: int = 20_000, machines: int = 1_000) -> float:
+    """Wall seconds for ``ranks`` concurrent :meth:`OfferRanker.rank` on a full store."""
+    rng = random.Random(0)
+    now = time.time()
+    kinds = [OutcomeKind.WON, OutcomeKind.LOST_LOADING, OutcomeKind.STUCK]
+    rows = [
+        HostOutcome(machine_id=rng.randrange(machines), offer_id=i, kind=rng.choice(kinds),
+                    login_s=rng.uniform(10, 600), elapsed_s=rng.uniform(10, 600), at=now - i)
+        for i in range(records)
+    ]  # fmt: skip
+    offers = [
+        Offer(id=m, machine_id=m, dph_total=rng.uniform(0.2, 3.0), reliability=0.98,
+              gpu_name="RTX 4090", num_gpus=1)
+        for m in rng.sample(range(machines), 60)
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="vastai-rank-burst-") as tmp:
+        store = SQLiteHostHistory(
+            Path(tmp) / "hosts.sqlite3", max_records=records, max_per_machine=records
+        )
+        await store.record(rows)
+        ranker = OfferRanker(store)  # fresh: nothing cached
+        started = time.perf_counter()
+        await asyncio.gather(*(ranker.rank(offers) for _ in range(ranks)))
+        return time.perf_counter() - started
+
+
+def figures(seeds: list[dict[str, Any]], burst_s: float | None = None) -> list[dict[str, Any]]:
+    """The issue's ``reputation.*`` figures, pooled over seeds (and the ranking burst's)."""
 
     def pool(name: str) -> list[dict[str, Any]]:
         return [t for s in seeds for t in s[name]]
@@ -180,6 +218,7 @@ def figures(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
          _ratio(_p50(dwarm, "time_to_ssh_s"), _p50(dcold, "time_to_ssh_s")), 1.0),
         ("reputation.cold.race_k4_vs_cold_race_k4.p50_ratio",
          _ratio(_p50(cold_sdk, "time_to_ssh_s"), _p50(cold_pair, "time_to_ssh_s")), 1.05),
+        ("reputation.rank.burst100_full_store_s", burst_s, 1.0),
     ]  # fmt: skip
     return [
         {
@@ -256,7 +295,8 @@ def main() -> None:
         asyncio.run(run_seed(seed, history=args.history, trials=args.trials, spec=spec))
         for seed in args.seeds
     ]
-    figs = figures(seeds)
+    burst_s = asyncio.run(rank_burst(100))
+    figs = figures(seeds, burst_s)
     doc = {
         "figures": figs,
         "settings": {

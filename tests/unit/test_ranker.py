@@ -3,13 +3,15 @@ reliability as a prior, seeded tie-breaking. Pure functions: no store, no server
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
+from collections.abc import Iterable, Sequence
 
 import pytest
 
 from vastai_async.models import Offer
-from vastai_async.reputation import HostOutcome, OfferRanker, OutcomeKind
+from vastai_async.reputation import HostHistoryError, HostOutcome, OfferRanker, OutcomeKind
 
 NOW = 1_800_000_000.0
 
@@ -248,3 +250,76 @@ async def test_rank_reads_the_store_small_or_large(copies: int) -> None:
     ranking = await ranker.rank([offer(m) for m in sorted(typical, reverse=True)])
     assert ranking.informed
     assert [o.machine_id for o in ranking.offers][:3] == [1, 2, 3]
+
+
+class CountingStore:
+    """A history store that counts reads; a read can be held open or made to fail."""
+
+    def __init__(self, records: list[HostOutcome]) -> None:
+        self.records = records
+        self.reads = 0
+        self.gate: asyncio.Event | None = None
+        self.fail: Exception | None = None
+
+    async def record(self, outcomes: Sequence[HostOutcome]) -> None:
+        self.records.extend(outcomes)
+
+    async def history(self, machine_ids: Iterable[int] | None = None) -> list[HostOutcome]:
+        self.reads += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return list(self.records)
+
+    async def forget(self, machine_ids: Iterable[int] | None = None) -> int:
+        return 0
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_hundred_ranks_at_once_read_and_fit_the_history_once() -> None:
+    _, records = warm_market(random.Random(3))
+    store = CountingStore(records)
+    store.gate = asyncio.Event()
+    ranker = OfferRanker(store, clock=lambda: NOW)
+    offers = [offer(m) for m in (20, 1, 10)]
+    ranks = [asyncio.ensure_future(ranker.rank(offers)) for _ in range(100)]
+    await asyncio.sleep(0)
+    ranks[0].cancel()  # one caller gives up: the others still get the shared fit
+    store.gate.set()
+    done = await asyncio.gather(*ranks[1:])
+    assert store.reads == 1
+    assert {tuple(o.machine_id for o in r.offers) for r in done} == {(1, 10, 20)}
+    assert ranks[0].cancelled()
+
+
+async def test_the_fit_is_reused_until_invalidated_or_stale() -> None:
+    _, records = warm_market(random.Random(4))
+    store = CountingStore(records)
+    ranker = OfferRanker(store, clock=lambda: NOW)
+    offers = [offer(1), offer(2)]
+    await ranker.rank(offers)
+    await ranker.rank(offers)
+    assert store.reads == 1
+    store.records.append(fatal(1, ago=10.0))  # another process wrote: seen after invalidate()
+    assert (await ranker.rank(offers)).offers[0].machine_id == 1
+    ranker.invalidate()
+    assert (await ranker.rank(offers)).offers[0].machine_id == 2  # machine 1 is pushed back
+    assert store.reads == 2
+    ranker.cache_s = 0.0  # stale at once: every rank reads
+    await ranker.rank(offers)
+    assert store.reads == 3
+
+
+async def test_a_failed_read_fails_its_ranks_and_the_next_rank_reads_again() -> None:
+    _, records = warm_market(random.Random(5))
+    store = CountingStore(records)
+    store.fail = HostHistoryError("disk on fire")
+    ranker = OfferRanker(store, clock=lambda: NOW)
+    with pytest.raises(HostHistoryError, match="disk on fire"):
+        await ranker.rank([offer(1), offer(2)])
+    store.fail = None
+    assert (await ranker.rank([offer(2), offer(1)])).informed
+    assert store.reads == 2

@@ -23,7 +23,10 @@ The model (docs/hosts.md explains it with a plot):
 - Exact ties are broken by a seeded hash of the offer id (deterministic, not the list order).
 
 Everything here is a pure function of offers and records (unit-tested without a server); only
-:meth:`OfferRanker.rank` touches the store.
+:meth:`OfferRanker.rank` touches the store. It fits the model to the whole history once and
+reuses the fit for ``cache_s`` seconds or until :meth:`OfferRanker.invalidate` (the service
+calls it after each write): a hundred provisions starting together read the store and fit once,
+not a hundred times, and each of them then scores only its own offers' machines.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import hashlib
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
@@ -49,8 +52,17 @@ from vastai_async.reputation.records import HostHistory, HostOutcome, OutcomeKin
 __all__ = ["OfferRanker"]
 
 _TIMED = frozenset({OutcomeKind.WON}) | OutcomeKind.CENSORED
-_INLINE_RECORDS = 1000  # more records than this are ranked in a worker thread
+_INLINE_RECORDS = 1000  # more records than this are fitted in a worker thread
 _MIN_EXACT = 3  # exact login times needed before the market prior is estimated from data
+
+
+@attrs.frozen
+class _Fit:
+    """The model fitted to one snapshot of the history (independent of the offers)."""
+
+    prior: MarketPrior
+    by_machine: dict[int, list[HostOutcome]]  # newest first
+    posts: dict[int, tuple[float, float]]  # (mean, variance) of each machine's log time
 
 
 class OfferRanker:
@@ -68,6 +80,8 @@ class OfferRanker:
             (or faster) than its older median, its older history is dropped (drift).
         reliability_weight: how many rentals' worth of evidence Vast's reliability counts for.
         default_login_s: the market's median time to login assumed without history.
+        cache_s: how long :meth:`rank` reuses one fit of the store's history (other processes
+            writing to a shared store are seen at most this late).
         clock: epoch seconds (for tests).
     """
 
@@ -83,6 +97,7 @@ class OfferRanker:
         change_factor: float = 2.0,
         reliability_weight: float = 4.0,
         default_login_s: float = 120.0,
+        cache_s: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.history = history
@@ -94,23 +109,55 @@ class OfferRanker:
         self.change_factor = change_factor
         self.reliability_weight = reliability_weight
         self.default_login_s = default_login_s
+        self.cache_s = cache_s
         self._clock = clock
+        self._fit: tuple[float, _Fit] | None = None  # (monotonic time of the read, fit)
+        self._fitting: asyncio.Future[_Fit] | None = None
+        self._generation = 0
 
     async def rank(self, offers: Sequence[Offer]) -> Ranking:
-        """Rank ``offers`` with everything the store knows."""
-        records = await self.history.history() if self.history is not None else []
+        """Rank ``offers`` with everything the store knows (one shared fit, see the module)."""
+        if self.history is None:
+            return self.rank_records(offers, [])
+        cached = self._fit
+        if cached is None or time.monotonic() - cached[0] >= self.cache_s:
+            if self._fitting is None or self._fitting.done():
+                self._fitting = asyncio.ensure_future(self._refit(self.history))
+                self._fitting.add_done_callback(_retrieve)
+            # Shielded: a caller cancelled while waiting leaves the fit to the others.
+            fit = await asyncio.shield(self._fitting)
+        else:
+            fit = cached[1]
+        return self._rank(offers, fit, self._clock())
+
+    def invalidate(self) -> None:
+        """Forget the cached fit: the next :meth:`rank` reads the store again."""
+        self._fit = None
+        self._generation += 1
+
+    async def _refit(self, history: HostHistory) -> _Fit:
+        generation, read_at = self._generation, time.monotonic()
+        records = await history.history()
         if len(records) > _INLINE_RECORDS:
             # A full store takes ~0.1 s of arithmetic: not on the event loop.
-            return await asyncio.to_thread(self.rank_records, offers, records)
-        return self.rank_records(offers, records)
+            fit = await asyncio.to_thread(self.fit, records)
+        else:
+            fit = self.fit(records)
+        if generation == self._generation:  # no write landed meanwhile: fresh enough to keep
+            self._fit = (read_at, fit)
+        return fit
 
     def rank_records(
         self, offers: Sequence[Offer], records: Sequence[HostOutcome], *, now: float | None = None
     ) -> Ranking:
         """Rank ``offers`` given ``records`` (a pure function of its arguments and settings)."""
-        now = self._clock() if now is None else now
-        prior, estimates = self.estimate(records, offers=offers)
-        if not records:
+        return self._rank(offers, self.fit(records), self._clock() if now is None else now)
+
+    def _rank(self, offers: Sequence[Offer], fit: _Fit, now: float) -> Ranking:
+        prior = fit.prior
+        machines = {o.machine_id for o in offers if o.machine_id is not None}
+        estimates = self._estimates(fit, offers, machines)
+        if not fit.by_machine:
             entries = tuple(
                 RankedOffer(
                     offer_id=o.id,
@@ -168,24 +215,39 @@ class OfferRanker:
             records: history, any order.
             offers: current offers, whose reliability (when given) is the prior of ``p_ok``.
         """
+        fit = self.fit(records)
+        return fit.prior, self._estimates(fit, offers, fit.by_machine.keys())
+
+    def fit(self, records: Sequence[HostOutcome]) -> _Fit:
+        """The market prior and each machine's posterior, from ``records`` (any order)."""
         by_machine: dict[int, list[HostOutcome]] = {}
         for rec in sorted(records, key=lambda r: r.at, reverse=True):
             by_machine.setdefault(rec.machine_id, []).append(rec)
-        reliability = {o.machine_id: o.reliability for o in offers if o.machine_id is not None}
         prior = self._prior(by_machine)
         for _ in range(2):  # re-estimate mu0 once with the losers' censored times imputed
             posts = {m: self._posterior(recs, prior) for m, recs in by_machine.items()}
             informed = [mean for mean, _, n in posts.values() if n > 0]
             if prior.from_data and len(informed) >= 2:
                 prior = attrs.evolve(prior, mu0=statistics.fmean(informed))
+        final = {m: self._posterior(recs, prior)[:2] for m, recs in by_machine.items()}
+        return _Fit(prior=prior, by_machine=by_machine, posts=final)
+
+    def _estimates(
+        self, fit: _Fit, offers: Sequence[Offer], machines: Iterable[int]
+    ) -> dict[int, MachineEstimate]:
+        """The estimates of ``machines`` that have history."""
+        reliability = {o.machine_id: o.reliability for o in offers if o.machine_id is not None}
         estimates = {}
-        for machine_id, recs in by_machine.items():
-            mean, var, _ = self._posterior(recs, prior)
+        for machine_id in machines:
+            recs = fit.by_machine.get(machine_id)
+            if recs is None:
+                continue
+            mean, var = fit.posts[machine_id]
             rel = reliability.get(machine_id)
             if rel is None:
                 rel = next((r.reliability for r in recs if r.reliability is not None), None)
-            estimates[machine_id] = self._machine(machine_id, recs, mean, var, prior, rel)
-        return prior, estimates
+            estimates[machine_id] = self._machine(machine_id, recs, mean, var, fit.prior, rel)
+        return estimates
 
     # -- the model --------------------------------------------------------------------------
 
@@ -312,6 +374,13 @@ class OfferRanker:
 
     def _tie(self, offer_id: int) -> str:
         return hashlib.sha256(f"{self.seed}:{offer_id}".encode()).hexdigest()
+
+
+def _retrieve(fit: asyncio.Future[_Fit]) -> None:
+    # Every waiter may have been cancelled: read a failed fit's exception so asyncio does not
+    # report it as never retrieved (the next rank() tries again).
+    if not fit.cancelled():
+        fit.exception()
 
 
 def _exact(rec: HostOutcome) -> bool:

@@ -139,6 +139,8 @@ class HostReputation:
             await history.record(outcomes)
         except Exception as err:
             self._log.warning("could not record %d host outcomes: %s", len(outcomes), err)
+        if self.ranker is not None:
+            self.ranker.invalidate()  # the next race ranks with what this one taught
 
     async def drain(self) -> None:
         """Wait for writes in flight."""

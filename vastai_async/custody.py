@@ -296,7 +296,8 @@ class Custody:
             lot.found_by_label.discard(instance_id)
             self.reclaimed += 1
         if lot.settling:
-            self._doom(lot, instance_id, "create answered after its race ended")
+            if instance_id not in lot.results:  # else a sweep found it and it is gone already
+                self._doom(lot, instance_id, "create answered after its race ended")
         else:
             lot.live.add(instance_id)
         self._forget_ticket(ticket, wake=True)

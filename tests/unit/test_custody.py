@@ -266,4 +266,6 @@ async def test_an_instance_of_a_create_in_flight_does_not_stand_in_for_a_lost_on
     await settle
     await c.drain(5.0)
     assert cloud.alive == {}
+    assert lot.results == {201: True, 202: True}  # B's destroyed once, not again on its answer
+    assert c.reclaimed == 1
     await c.close()

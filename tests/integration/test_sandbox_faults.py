@@ -164,6 +164,25 @@ async def test_lost_answer_twice_raises_a_connection_error(
     assert len(sb.alive_instance_ids()) == 1
 
 
+async def test_late_answer_lists_the_instance_before_its_create_answers(
+    sb: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    """``late_answer``: carried out at once, answered later; a listing meanwhile shows it."""
+    (offer,) = await offer_ids(sb, http, 1)
+    sb.add_fault(HTTPFault(kind="late_answer", route=CREATE, delay_s=30.0))
+    pending = asyncio.ensure_future(create(sb, http, offer, label="late-1"))
+    async with asyncio.timeout(10):
+        # The sandbox offers no hook for "handler done, answer held"; its state is polled.
+        while not sb.instances():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert not pending.done()
+    (row,) = sb.instances()
+    assert row["label"] == "late-1"
+    pending.cancel()  # the test does not wait out the delay
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+
+
 async def test_offer_taken_between_search_and_create(
     sb: Sandbox, http: aiohttp.ClientSession
 ) -> None:

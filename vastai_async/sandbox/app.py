@@ -236,6 +236,10 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     if fault is not None and fault.kind == "lost_answer":
         _drop(request)
         raise asyncio.CancelledError
+    if fault is not None and fault.kind == "late_answer":
+        # Carried out (a listing already shows it), answered only now: the window in which a
+        # client can see an instance whose create's answer is still on its way.
+        await asyncio.sleep(fault.delay_s)
     record.status = response.status
     return response
 

@@ -25,6 +25,7 @@ FaultKind = Literal[
     "rate_limit",  # 429 with one of the real bodies
     "search_quota",  # 429 search_quota_exceeded with X-RateLimit-Reset
     "lost_answer",  # the request is carried out, then the connection drops
+    "late_answer",  # the request is carried out at once; its answer leaves delay_s later
     "taken",  # create only: the offer is rented by someone else just before
 ]
 
@@ -42,7 +43,8 @@ class HTTPFault:
         times: how many times it fires; ``None`` for no limit.
         probability: chance to fire on an eligible request (seeded).
         status: HTTP status of ``status`` faults.
-        delay_s: wall seconds of a ``slow`` fault (network time is real, not scaled).
+        delay_s: wall seconds of a ``slow`` or ``late_answer`` fault (network time is real,
+            not scaled).
         reset_in_s: simulated seconds until a search quota resets.
         fired: how many times it has fired so far.
         seen: matching requests seen so far.

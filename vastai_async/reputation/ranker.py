@@ -111,7 +111,7 @@ class OfferRanker:
         self.default_login_s = default_login_s
         self.cache_s = cache_s
         self._clock = clock
-        self._fit: tuple[float, _Fit] | None = None  # (monotonic time of the read, fit)
+        self._cached: tuple[float, _Fit] | None = None  # (monotonic time of the read, fit)
         self._fitting: asyncio.Future[_Fit] | None = None
         self._generation = 0
 
@@ -119,7 +119,7 @@ class OfferRanker:
         """Rank ``offers`` with everything the store knows (one shared fit, see the module)."""
         if self.history is None:
             return self.rank_records(offers, [])
-        cached = self._fit
+        cached = self._cached
         if cached is None or time.monotonic() - cached[0] >= self.cache_s:
             if self._fitting is None or self._fitting.done():
                 self._fitting = asyncio.ensure_future(self._refit(self.history))
@@ -132,7 +132,7 @@ class OfferRanker:
 
     def invalidate(self) -> None:
         """Forget the cached fit: the next :meth:`rank` reads the store again."""
-        self._fit = None
+        self._cached = None
         self._generation += 1
 
     async def _refit(self, history: HostHistory) -> _Fit:
@@ -140,18 +140,18 @@ class OfferRanker:
         records = await history.history()
         if len(records) > _INLINE_RECORDS:
             # A full store takes ~0.1 s of arithmetic: not on the event loop.
-            fit = await asyncio.to_thread(self.fit, records)
+            fit = await asyncio.to_thread(self._fit_records, records)
         else:
-            fit = self.fit(records)
+            fit = self._fit_records(records)
         if generation == self._generation:  # no write landed meanwhile: fresh enough to keep
-            self._fit = (read_at, fit)
+            self._cached = (read_at, fit)
         return fit
 
     def rank_records(
         self, offers: Sequence[Offer], records: Sequence[HostOutcome], *, now: float | None = None
     ) -> Ranking:
         """Rank ``offers`` given ``records`` (a pure function of its arguments and settings)."""
-        return self._rank(offers, self.fit(records), self._clock() if now is None else now)
+        return self._rank(offers, self._fit_records(records), self._clock() if now is None else now)
 
     def _rank(self, offers: Sequence[Offer], fit: _Fit, now: float) -> Ranking:
         prior = fit.prior
@@ -215,10 +215,10 @@ class OfferRanker:
             records: history, any order.
             offers: current offers, whose reliability (when given) is the prior of ``p_ok``.
         """
-        fit = self.fit(records)
+        fit = self._fit_records(records)
         return fit.prior, self._estimates(fit, offers, fit.by_machine.keys())
 
-    def fit(self, records: Sequence[HostOutcome]) -> _Fit:
+    def _fit_records(self, records: Sequence[HostOutcome]) -> _Fit:
         """The market prior and each machine's posterior, from ``records`` (any order)."""
         by_machine: dict[int, list[HostOutcome]] = {}
         for rec in sorted(records, key=lambda r: r.at, reverse=True):

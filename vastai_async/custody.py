@@ -305,6 +305,7 @@ class Custody:
 
     def _forget_ticket(self, ticket: _Ticket, *, wake: bool) -> None:
         ticket.lot.tickets.discard(ticket)
+        self._gc(ticket.lot)  # its last ticket may have been all that kept it
         if wake:
             self._kick()
         else:

@@ -369,8 +369,12 @@ class Race:
     async def _find_by_label_for(self, cand: _Candidate) -> int | None:
         found = await self._list(label=self._label)
         for inst in found:
-            if inst.id not in self._lot.known and (
-                inst.machine_id is None or inst.machine_id == cand.offer.machine_id
+            # The same machine only: an instance of another candidate, whose answer is still on
+            # its way, must not become this one's too (custody sweeps the rest at settle).
+            if (
+                inst.id not in self._lot.known
+                and inst.machine_id is not None
+                and inst.machine_id == cand.offer.machine_id
             ):
                 self._custody.adopt(self._lot, inst.id)
                 self._note_created(cand, inst.id)

@@ -138,6 +138,10 @@ def storm_table(storms: list[StormOutcome]) -> str:
         ("untyped failures", sum(len(s.untyped) for s in storms)),
         ("instances alive after close", sum(len(s.leaked) for s in storms)),
         (
+            "of them named by a TeardownError's labels only (create in flight)",
+            sum(len(s.by_label) for s in storms),
+        ),
+        (
             "of them named only by custody's WARNING (label + reap command)",
             sum(len(s.warned) for s in storms),
         ),

@@ -53,6 +53,8 @@ class StormOutcome:
     leaked: tuple[int, ...]
     unnamed: tuple[int, ...]
     warned: tuple[int, ...] = ()
+    #: Named by a TeardownError's labels only (its create was in flight when it was raised).
+    by_label: tuple[int, ...] = ()
     #: Instances custody's label sweep saw while their create's answer was still on the way.
     reclaimed: int = 0
 
@@ -154,9 +156,9 @@ async def _storm(seed: int, key_path: Path, state_dir: Path, warnings: _Warnings
         errors = [r for r in [*results, close_error] if isinstance(r, TeardownError)]
         # An error names an instance by id, or by label while its create was still in flight.
         named_labels = {label for err in errors for label in err.labels}
-        named = {i for err in errors for i in err.instance_ids} | {
-            i for i in alive if sb.instance(i).label in named_labels
-        }
+        by_id = {i for err in errors for i in err.instance_ids}
+        by_label = {i for i in alive - by_id if sb.instance(i).label in named_labels}
+        named = by_id | by_label
         warned = {i for i in alive - named if sb.instance(i).label in warnings.labels}
         if alive - named - warned and (dump := os.environ.get("STORM_DEBUG")):
             jobs = {f"s{seed}-{i}": r for i, r in enumerate(results)}
@@ -181,6 +183,7 @@ async def _storm(seed: int, key_path: Path, state_dir: Path, warnings: _Warnings
         leaked=tuple(sorted(alive)),
         unnamed=tuple(sorted(alive - named - warned)),
         warned=tuple(sorted(warned)),
+        by_label=tuple(sorted(by_label)),
         # A counter kept for this run, not public API (absent from older custody code).
         reclaimed=getattr(vast._custody, "reclaimed", -1),
     )

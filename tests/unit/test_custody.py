@@ -229,7 +229,9 @@ async def test_an_instance_of_a_create_in_flight_does_not_stand_in_for_a_lost_on
     """
     label = "vastai-async:o:j:r"
     cloud = FakeCloud()
-    c = Custody(cloud, interval_s=0.01, lost_create_window_s=0.3)
+    # A window long enough for the whole interleaving even on a loaded machine; the test does
+    # not wait it out (the lost instance is found inside it).
+    c = Custody(cloud, interval_s=0.01, lost_create_window_s=5.0)
     lot = c.open_lot(label)
     b_sent, b_answer = asyncio.Event(), asyncio.Event()
 

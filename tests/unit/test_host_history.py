@@ -7,6 +7,7 @@ behaviour): needs ``VASTAI_TEST_REDIS_URL``; skipped with the reason otherwise.
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import secrets
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from vastai_async.errors import SSHError
 from vastai_async.events import (
     CandidateChosen,
     CandidateFailed,
@@ -28,17 +30,19 @@ from vastai_async.events import (
     StatusChanged,
     WinnerChosen,
 )
-from vastai_async.models import Offer
+from vastai_async.models import Instance, Offer
 from vastai_async.reputation import (
     HostHistory,
     HostHistoryError,
     HostOutcome,
     HostRecorder,
+    OfferRanker,
     OutcomeKind,
     RedisHostHistory,
     SQLiteHostHistory,
     classify_failure,
 )
+from vastai_async.reputation.service_glue import HostReputation
 
 #: Read at import: the autouse fixture clears ``VASTAI_*`` before each test.
 REDIS_URL = os.environ.get("VASTAI_TEST_REDIS_URL")
@@ -274,3 +278,45 @@ def test_redis_store_needs_exactly_one_connection_and_hides_the_url() -> None:
         RedisHostHistory()
     store = RedisHostHistory("redis://:s3cret@127.0.0.1:1/0")
     assert "s3cret" not in repr(store)
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "kind"),
+    [
+        ("running", None, OutcomeKind.ADOPTED),
+        ("running", "no SSH login (41234: refused)", OutcomeKind.SSH_REFUSED),
+        # Not running yet: a race would still be waiting; nothing is held against the machine.
+        ("loading", "no SSH login (41234: refused)", OutcomeKind.FAILED),
+        # Our key was not accepted: another key than the one it was made with, not the machine.
+        ("running", "no SSH login (41234: permission_denied)", OutcomeKind.FAILED),
+    ],
+)
+async def test_adopt_outcomes_hold_only_the_machines_own_failures_against_it(
+    tmp_path: Path, status: str, error: str | None, kind: str
+) -> None:
+    store = SQLiteHostHistory(tmp_path / "h.sqlite3")
+    reputation = HostReputation(store, logger=logging.getLogger("test"), owns_history=True)
+    inst = Instance(id=7, machine_id=70, actual_status=status, dph_total=0.5)
+    reputation.save_adopted(inst, None if error is None else SSHError(error, instance_id=7))
+    await reputation.close()
+    (got,) = await store.history()
+    assert (got.kind, got.machine_id, got.instance_id, got.offer_id) == (kind, 70, 7, None)
+
+
+async def test_the_services_writes_invalidate_a_ranker_passed_as_rank(tmp_path: Path) -> None:
+    """A ranker of your own sees what the service's races taught at once, not cache_s later."""
+    store = SQLiteHostHistory(tmp_path / "h.sqlite3")
+    reputation = HostReputation(store, logger=logging.getLogger("test"), owns_history=False)
+    mine = OfferRanker(store, cache_s=3600.0)
+    offers = [
+        Offer(id=i, machine_id=i, gpu_name="RTX 4090", num_gpus=1, dph_total=1.0) for i in (1, 2)
+    ]
+    await store.record([outcome(1, time.time() - 60, login_s=30.0), outcome(2, time.time() - 60)])
+    first, _ = await reputation.order(offers, mine)
+    reputation.save_adopted(
+        Instance(id=9, machine_id=first[0].machine_id, actual_status="running"),
+        SSHError("no SSH login (22: refused)", instance_id=9),
+    )
+    await reputation.drain()
+    again, _ = await reputation.order(offers, mine)
+    assert again[-1].id == first[0].id  # its fatal failure pushed it back, seen at once

@@ -260,17 +260,20 @@ class CountingStore:
         self.reads = 0
         self.gate: asyncio.Event | None = None
         self.fail: Exception | None = None
+        self.reading = asyncio.Event()
 
     async def record(self, outcomes: Sequence[HostOutcome]) -> None:
         self.records.extend(outcomes)
 
     async def history(self, machine_ids: Iterable[int] | None = None) -> list[HostOutcome]:
         self.reads += 1
+        self.reading.set()
+        snapshot = list(self.records)  # what the read sees: the store as the read began
         if self.gate is not None:
             await self.gate.wait()
         if self.fail is not None:
             raise self.fail
-        return list(self.records)
+        return snapshot
 
     async def forget(self, machine_ids: Iterable[int] | None = None) -> int:
         return 0
@@ -322,4 +325,21 @@ async def test_a_failed_read_fails_its_ranks_and_the_next_rank_reads_again() -> 
         await ranker.rank([offer(1), offer(2)])
     store.fail = None
     assert (await ranker.rank([offer(2), offer(1)])).informed
+    assert store.reads == 2
+
+
+async def test_a_rank_after_invalidate_does_not_join_a_fit_that_read_before_the_write() -> None:
+    _, records = warm_market(random.Random(6))
+    store = CountingStore(records)
+    store.gate = asyncio.Event()
+    ranker = OfferRanker(store, clock=lambda: NOW)
+    offers = [offer(1), offer(2)]
+    early = asyncio.ensure_future(ranker.rank(offers))
+    await store.reading.wait()  # its read is in flight, held
+    store.records.append(fatal(1, ago=10.0))  # a write lands ...
+    ranker.invalidate()  # ... and says so
+    late = asyncio.ensure_future(ranker.rank(offers))
+    store.gate.set()
+    assert (await early).offers[0].machine_id == 1  # it read before the write
+    assert (await late).offers[0].machine_id == 2  # it reads again: machine 1 is pushed back
     assert store.reads == 2

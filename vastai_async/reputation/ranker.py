@@ -131,8 +131,13 @@ class OfferRanker:
         return self._rank(offers, fit, self._clock())
 
     def invalidate(self) -> None:
-        """Forget the cached fit: the next :meth:`rank` reads the store again."""
+        """Forget the cached fit: the next :meth:`rank` reads the store again.
+
+        A fit in flight may have read the store before the write that calls this: its current
+        waiters still get it, but no later :meth:`rank` joins it or keeps it.
+        """
         self._cached = None
+        self._fitting = None
         self._generation += 1
 
     async def _refit(self, history: HostHistory) -> _Fit:

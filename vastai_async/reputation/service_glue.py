@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 
 from vastai_async.errors import InvalidRequestError
@@ -59,12 +60,16 @@ class HostReputation:
         self._log = logger
         self._owns = owns_history
         self._writes: set[asyncio.Task[None]] = set()
+        # Rankers passed as ``rank=``: the service's writes invalidate their fits too.
+        self._rankers: weakref.WeakSet[OfferRanker] = weakref.WeakSet()
 
     async def order(
         self, candidates: Sequence[Offer], rank: RankArg
     ) -> tuple[list[Offer], Ranking | None]:
         """The candidates in racing order, and the ranking when one was applied."""
         ranker = rank if isinstance(rank, OfferRanker) else self.ranker if rank else None
+        if isinstance(rank, OfferRanker):
+            self._rankers.add(rank)
         if ranker is None or len(candidates) < 2:
             return list(candidates), None
         try:
@@ -112,6 +117,10 @@ class HostReputation:
             return
         if error is None:
             kind, reason = OutcomeKind.ADOPTED, "SSH login proven on adopt"
+        elif inst.actual_status != "running" or "permission" in str(error):
+            # Not running yet (a race would still be waiting), or our key was not accepted
+            # (another key than the one it was made with): not held against the machine.
+            kind, reason = OutcomeKind.FAILED, f"adopt ({inst.actual_status}): {error}"
         else:
             kind, reason = classify_failure(str(error)), f"adopt: {error}"
         outcome = HostOutcome(
@@ -139,8 +148,10 @@ class HostReputation:
             await history.record(outcomes)
         except Exception as err:
             self._log.warning("could not record %d host outcomes: %s", len(outcomes), err)
-        if self.ranker is not None:
-            self.ranker.invalidate()  # the next race ranks with what this one taught
+        # The next race ranks with what this one taught.
+        for ranker in [self.ranker, *self._rankers]:
+            if ranker is not None:
+                ranker.invalidate()
 
     async def drain(self) -> None:
         """Wait for writes in flight."""

@@ -17,12 +17,16 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import pytest
 
 from vastai_async.config import generate_ssh_keypair
 from vastai_async.sandbox import Sandbox
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
 
 #: Read at import: the autouse fixture clears ``VASTAI_*`` before each test.
 REDIS_URL = os.environ.get("VASTAI_TEST_REDIS_URL", "redis://127.0.0.1:6390")
@@ -153,6 +157,25 @@ class Workers:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def redis_pool_or_skip(url: str) -> ArqRedis:
+    """An arq pool on ``url``, or skip the test when no Redis answers there within 3 s."""
+    from arq.connections import RedisSettings, create_pool  # callers import-skip without arq
+
+    settings = RedisSettings.from_dsn(url)
+    settings.conn_timeout = 1
+    settings.conn_retries = 0
+    try:
+        async with asyncio.timeout(3):
+            pool = await create_pool(settings)
+            await pool.ping()
+    except Exception as err:  # refused or timed out; redis wraps them in its own errors
+        pytest.skip(
+            f"no Redis reachable at {url} ({type(err).__name__}); start one with "
+            "`redis-server --port 6390 --bind 127.0.0.1` or set VASTAI_TEST_REDIS_URL"
+        )
+    return pool
 
 
 async def wait_for(

@@ -21,13 +21,14 @@ import pytest_asyncio
 from vastai_async.sandbox import Sandbox
 
 arq = pytest.importorskip("arq", reason="the arq extra is not installed")
-from arq.connections import ArqRedis, RedisSettings, create_pool  # noqa: E402
+from arq.connections import ArqRedis  # noqa: E402
 
 from tests.integrations._arq_workers import (  # noqa: E402
     CREATE_ROUTE,
     REDIS_URL,
     Workers,
     instances_of,
+    redis_pool_or_skip,
     running_command,
 )
 from tests.integrations._arq_workers import wait_for as _wait_for  # noqa: E402
@@ -44,25 +45,9 @@ pytestmark = pytest.mark.vastai_sandbox(
 )
 
 
-async def _redis_or_skip() -> ArqRedis:
-    settings = RedisSettings.from_dsn(REDIS_URL)
-    settings.conn_timeout = 1
-    settings.conn_retries = 0
-    try:
-        async with asyncio.timeout(3):
-            pool = await create_pool(settings)
-            await pool.ping()
-    except Exception as err:  # refused or timed out; redis wraps them in its own errors
-        pytest.skip(
-            f"no Redis reachable at {REDIS_URL} ({type(err).__name__}); start one with "
-            "`redis-server --port 6390 --bind 127.0.0.1` or set VASTAI_TEST_REDIS_URL"
-        )
-    return pool
-
-
 @pytest_asyncio.fixture(loop_scope="function")
 async def redis() -> AsyncIterator[ArqRedis]:
-    pool = await _redis_or_skip()
+    pool = await redis_pool_or_skip(REDIS_URL)
     yield pool
     await pool.aclose()
 

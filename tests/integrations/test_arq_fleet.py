@@ -24,7 +24,7 @@ from vastai_async.sandbox import HTTPFault, Sandbox
 from vastai_async.service import VastAIService
 
 arq = pytest.importorskip("arq", reason="the arq extra is not installed")
-from arq.connections import ArqRedis, RedisSettings, create_pool  # noqa: E402
+from arq.connections import ArqRedis  # noqa: E402
 
 from tests.integrations._arq_workers import (  # noqa: E402
     REDIS_URL,
@@ -33,6 +33,7 @@ from tests.integrations._arq_workers import (  # noqa: E402
     create_labelled,
     free_offers,
     instances_of,
+    redis_pool_or_skip,
     running_command,
     wait_for,
 )
@@ -61,22 +62,9 @@ BOUND = 2 * TTL + TICK  # the promise: a dead worker's machines are gone within 
 _LIST_ROUTES = ("GET /api/v1/instances/", "GET /api/v0/instances/")
 
 
-async def _pool(url: str) -> ArqRedis:
-    settings = RedisSettings.from_dsn(url)
-    settings.conn_timeout = 1
-    settings.conn_retries = 0
-    try:
-        async with asyncio.timeout(3):
-            pool = await create_pool(settings)
-            await pool.ping()
-    except Exception as err:  # refused or timed out; redis wraps them in its own errors
-        pytest.skip(f"no Redis reachable at {url} ({type(err).__name__})")
-    return pool
-
-
 @pytest_asyncio.fixture(loop_scope="function")
 async def redis() -> AsyncIterator[ArqRedis]:
-    pool = await _pool(REDIS_URL)
+    pool = await redis_pool_or_skip(REDIS_URL)
     yield pool
     await pool.aclose()
 
@@ -179,7 +167,7 @@ async def test_after_redis_lost_its_data_a_killed_workers_machines_are_still_rea
         vastai_sandbox, tmp_path, deployment=dep, queue=f"arq:test:{dep}", redis_url=own.url
     )
     try:
-        pool = await _pool(own.url)
+        pool = await redis_pool_or_skip(own.url)
         doomed = await workers.start(ttl=TTL, tick=TICK, job_timeout=120)
         machines = await _sleeping_jobs(workers, pool, vastai_sandbox, doomed, 2)
         peer = await workers.start(ttl=TTL, tick=TICK, job_timeout=120)
@@ -187,7 +175,7 @@ async def test_after_redis_lost_its_data_a_killed_workers_machines_are_still_rea
 
         await own.restart_empty()  # mid-jobs: queue, heartbeats, registrations, all gone
 
-        pool = await _pool(own.url)
+        pool = await redis_pool_or_skip(own.url)
         members = f"{HEARTBEAT_PREFIX}members:{dep}"
         owners = [workers.owner(doomed), workers.owner(peer)]
 

@@ -25,8 +25,9 @@ from vastai_async.reputation import OutcomeKind, RedisHostHistory
 from vastai_async.sandbox import Sandbox
 
 arq = pytest.importorskip("arq", reason="the arq extra is not installed")
-from arq.connections import ArqRedis, RedisSettings, create_pool  # noqa: E402
+from arq.connections import ArqRedis  # noqa: E402
 
+from tests.integrations._arq_workers import redis_pool_or_skip  # noqa: E402
 from vastai_async.integrations import JobSpec  # noqa: E402
 from vastai_async.integrations.arq import enqueue_gpu_job  # noqa: E402
 
@@ -82,15 +83,7 @@ WORKER = textwrap.dedent(
 async def redis() -> AsyncIterator[ArqRedis]:
     if not REDIS_URL:
         pytest.skip("VASTAI_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6390)")
-    settings = RedisSettings.from_dsn(REDIS_URL)
-    settings.conn_timeout = 1
-    settings.conn_retries = 0
-    try:
-        async with asyncio.timeout(3):
-            pool = await create_pool(settings)
-            await pool.ping()
-    except Exception as err:  # refused or timed out; redis wraps them in its own errors
-        pytest.skip(f"no Redis reachable at {REDIS_URL} ({type(err).__name__})")
+    pool = await redis_pool_or_skip(REDIS_URL)
     yield pool
     await pool.aclose()
 

@@ -95,10 +95,7 @@ class RedisHostHistory:
         """Outcomes of these machines (``None``: all), newest first."""
         redis = await self._redis()
         try:
-            if machine_ids is None:
-                ids = [int(m) for m in await redis.zrange(self._index, 0, -1)]
-            else:
-                ids = sorted(set(machine_ids))
+            ids = await self._machines(redis, machine_ids)
             if not ids:
                 return []
             async with redis.pipeline(transaction=False) as pipe:
@@ -115,10 +112,7 @@ class RedisHostHistory:
         """Drop these machines' records (``None``: all under the prefix); returns rows dropped."""
         redis = await self._redis()
         try:
-            if machine_ids is None:
-                ids = [int(m) for m in await redis.zrange(self._index, 0, -1)]
-            else:
-                ids = sorted(set(machine_ids))
+            ids = await self._machines(redis, machine_ids)
             if not ids:
                 return 0
             async with redis.pipeline(transaction=True) as pipe:
@@ -166,6 +160,12 @@ class RedisHostHistory:
                 self._ready = False
                 raise
         return self._client
+
+    async def _machines(self, redis: Any, machine_ids: Iterable[int] | None) -> list[int]:
+        # The given machines, or (None) every machine the index lists.
+        if machine_ids is None:
+            return [int(m) for m in await redis.zrange(self._index, 0, -1)]
+        return sorted(set(machine_ids))
 
     async def _check_schema(self, redis: Any) -> None:
         key = self.prefix + "schema"

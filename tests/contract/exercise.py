@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Final
 
+from tests.integration._market import distinct_machines
 from vastai_async.client import VastAIClient
 from vastai_async.errors import NotFoundError
-from vastai_async.models import CreateInstanceRequest, Offer
+from vastai_async.models import CreateInstanceRequest
 from vastai_async.query import OfferQuery
 from vastai_async.sandbox import Sandbox
 
@@ -52,15 +53,6 @@ CLIENT_ENDPOINTS: Final = frozenset(
 )
 
 
-def _distinct_machines(offers: list[Offer], n: int) -> list[Offer]:
-    seen: dict[int | None, Offer] = {}
-    for offer in offers:
-        seen.setdefault(offer.machine_id, offer)
-    picked = list(seen.values())[:n]
-    assert len(picked) == n, "the sandbox market is too small for the exercise"
-    return picked
-
-
 async def exercise(client: VastAIClient, sb: Sandbox) -> set[str]:
     """Call every endpoint at least once, the way the SDK calls them; returns their names."""
     called: set[str] = set()
@@ -72,7 +64,7 @@ async def exercise(client: VastAIClient, sb: Sandbox) -> set[str]:
     query = OfferQuery(min_reliability=0.5, gpus=("4090", "3090", "A6000"), limit=60)
     offers = await call("search_offers", client.search_offers(query.to_wire()))
     await call("search_offers", client.search_offers(OfferQuery(type="bid", limit=5).to_wire()))
-    first, second, third = _distinct_machines(offers, 3)
+    first, second, third = distinct_machines(offers, 3)
     on_demand = CreateInstanceRequest(
         image="ubuntu:22.04",
         env={"GREETING": "hi"},

@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from tests.integration._market import distinct_machines
 from vastai_async import BootTimes, Hedged, HedgePolicy, InvalidRequestError, VastAIService
 from vastai_async.events import Event, InstanceCreated, WinnerChosen
-from vastai_async.models import Offer
 from vastai_async.sandbox import Sandbox
 
 TIME_SCALE = 0.02
 pytestmark = pytest.mark.vastai_sandbox(offers=30, time_scale=TIME_SCALE, seed=5)
 
 
-def _distinct(offers: list[Offer], n: int) -> list[Offer]:
-    picked: list[Offer] = []
-    machines: set[int | None] = set()
-    for offer in offers:
-        if offer.machine_id not in machines:
-            picked.append(offer)
-            machines.add(offer.machine_id)
-    return picked[:n]
-
-
 async def test_a_late_candidate_is_hedged_with_one_more(
     vastai_service: VastAIService, vastai_sandbox: Sandbox
 ) -> None:
-    offers = _distinct(await vastai_service.search_offers(), 4)
+    offers = distinct_machines(await vastai_service.search_offers(), 4)
     # The first boots far past the observed boot times; the second boots fast.
     for offer, boot_s in zip(offers, (2000.0, 15.0, 15.0, 15.0), strict=True):
         vastai_sandbox.set_boot_latency(offer.id, boot_s)
@@ -59,7 +49,7 @@ async def test_a_late_candidate_is_hedged_with_one_more(
 async def test_without_hedging_fan_out_starts_at_once_and_boot_times_are_recorded(
     vastai_service: VastAIService, vastai_sandbox: Sandbox
 ) -> None:
-    offers = _distinct(await vastai_service.search_offers(), 2)
+    offers = distinct_machines(await vastai_service.search_offers(), 2)
     for offer in offers:
         vastai_sandbox.set_boot_latency(offer.id, 20.0)
     events: list[Event] = []
@@ -76,7 +66,7 @@ async def test_without_hedging_fan_out_starts_at_once_and_boot_times_are_recorde
 async def test_a_hedge_starting_above_fan_out_is_refused_before_renting(
     vastai_service: VastAIService, vastai_sandbox: Sandbox
 ) -> None:
-    offers = _distinct(await vastai_service.search_offers(), 2)
+    offers = distinct_machines(await vastai_service.search_offers(), 2)
     before = vastai_sandbox.request_counts().get("PUT /api/v0/asks/{id}/", 0)
     with pytest.raises(InvalidRequestError, match="fan_out"):
         await vastai_service.provision_instance(

@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from tests.integration._market import distinct_machines
 from vastai_async import VastAIService
 from vastai_async.config import VastAIConfig
 from vastai_async.events import Event, ProbeAttempt, WinnerChosen
@@ -20,16 +21,6 @@ from vastai_async.sandbox import Sandbox
 pytestmark = pytest.mark.vastai_sandbox(offers=30, time_scale=0.02, seed=11)
 
 LIST = "GET /api/v1/instances/"
-
-
-def _distinct(offers: list[Offer], n: int) -> list[Offer]:
-    picked: list[Offer] = []
-    machines: set[int | None] = set()
-    for offer in offers:
-        if offer.machine_id not in machines:
-            picked.append(offer)
-            machines.add(offer.machine_id)
-    return picked[:n]
 
 
 def _status_listings(sandbox: Sandbox, start: int, until: float) -> list[list[int]]:
@@ -68,7 +59,7 @@ async def _race(
 async def test_probing_candidates_are_listed_every_fourth_tick_together(
     vastai_config: VastAIConfig, vastai_sandbox: Sandbox, vastai_service: VastAIService
 ) -> None:
-    offers = _distinct(await vastai_service.search_offers(), 4)
+    offers = distinct_machines(await vastai_service.search_offers(), 4)
     for offer, boot_s in zip(offers, (90.0, 120.0, 150.0, 180.0), strict=True):
         vastai_sandbox.set_boot_latency(offer.id, boot_s)
     listings, wakes, events = await _race(vastai_config, vastai_sandbox, offers, 4)
@@ -93,7 +84,7 @@ async def test_without_the_slower_tick_every_tick_lists(
     vastai_config: VastAIConfig, vastai_sandbox: Sandbox, vastai_service: VastAIService
 ) -> None:
     """The control: the same race with the probing tick equal to the loading tick."""
-    offers = _distinct(await vastai_service.search_offers(), 4)
+    offers = distinct_machines(await vastai_service.search_offers(), 4)
     for offer, boot_s in zip(offers, (90.0, 120.0, 150.0, 180.0), strict=True):
         vastai_sandbox.set_boot_latency(offer.id, boot_s)
     listings, wakes, _ = await _race(vastai_config, vastai_sandbox, offers, 1)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration._market import distinct_machines
 from vastai_async import (
     InvalidRequestError,
     OfferUnavailableError,
@@ -27,20 +28,6 @@ from vastai_async.models import Offer
 from vastai_async.sandbox import HTTPFault, LifecycleFault, Sandbox
 
 pytestmark = pytest.mark.vastai_sandbox(offers=30, time_scale=0.02, seed=7)
-
-
-def distinct_machines(offers: list[Offer], n: int) -> list[Offer]:
-    """The first n offers on distinct machines."""
-    picked: list[Offer] = []
-    machines: set[int | None] = set()
-    for offer in offers:
-        if offer.machine_id not in machines:
-            picked.append(offer)
-            machines.add(offer.machine_id)
-        if len(picked) == n:
-            break
-    assert len(picked) == n
-    return picked
 
 
 async def candidates(service: VastAIService, n: int) -> list[Offer]:

@@ -251,6 +251,36 @@ def test_several_processes_write_without_losing_a_record(tmp_path: Path) -> None
         assert sum(o.login_s == float(w) for o in records) == 40
 
 
+def _opener(paths: list[str], barrier: Any) -> None:
+    failed = 0
+    for path in paths:
+        store = SQLiteHostHistory(path)
+        barrier.wait(timeout=60)
+        try:
+            store.record_sync([outcome(1, time.time())])
+        except (HostHistoryError, sqlite3.Error):
+            failed += 1  # keep meeting the others at the barrier; fail at the end
+    raise SystemExit(1 if failed else 0)
+
+
+def test_processes_opening_a_new_file_together_all_get_in(tmp_path: Path) -> None:
+    """Six processes open each of 40 new files at the same instant: every one of them records.
+
+    Switching a new file to WAL fails at once ("database is locked") for a process that comes
+    while another is switching it; the store retries that step (CI saw it fail without).
+    """
+    paths = [str(tmp_path / f"new{i}.sqlite3") for i in range(40)]
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(6)
+    procs = [ctx.Process(target=_opener, args=(paths, barrier)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * 6
+    assert [len(SQLiteHostHistory(path).history_sync()) for path in paths] == [6] * 40
+
+
 async def test_sqlite_work_runs_off_the_event_loop(tmp_path: Path) -> None:
     """While one process holds the write lock, the loop stays free (the wait is in a thread)."""
     path = tmp_path / "h.sqlite3"

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import attrs
+import backoff
 
 from vastai_async.reputation.records import HostHistoryError, HostOutcome
 
@@ -171,14 +172,32 @@ class SQLiteHostHistory:
             db.execute("PRAGMA synchronous = NORMAL")
             if not self._ready:
                 self._prepare(db)
+        except sqlite3.Error as err:
+            db.close()
+            raise HostHistoryError(f"cannot prepare the host history {self.path}: {err}") from err
         except BaseException:
             db.close()
             raise
         return db
 
     def _prepare(self, db: sqlite3.Connection) -> None:
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("BEGIN IMMEDIATE")
+        """Switch the file to WAL and build or check the schema, once per store object.
+
+        Switching a new file to WAL needs the file to itself, and SQLite answers "database is
+        locked" at once, without its busy handler, when several processes open a new file
+        together; so that one step is retried (``backoff``) for up to ``busy_timeout_s``.
+        """
+        switch = backoff.on_exception(
+            backoff.expo,
+            sqlite3.OperationalError,
+            max_time=self._busy_ms / 1000,
+            giveup=_not_busy,
+            factor=0.005,
+            max_value=0.2,
+            logger=None,
+        )(_use_wal)
+        switch(db)
+        db.execute("BEGIN IMMEDIATE")  # waits for another writer (busy_timeout)
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -222,3 +241,16 @@ class SQLiteHostHistory:
             raise HostHistoryError(f"host history {self.path}: {err}") from err
         finally:
             db.close()
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    # Reading the mode takes no lock; only a file not yet in WAL is switched (the mode persists).
+    if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":  # SQLite answers with the old mode when it could not switch
+            raise sqlite3.OperationalError(f"database is locked (journal mode still {mode})")
+
+
+def _not_busy(err: Exception) -> bool:
+    text = str(err)
+    return "locked" not in text and "busy" not in text
